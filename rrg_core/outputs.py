@@ -1,0 +1,79 @@
+"""What the model hands to its users: a generated report with the evidence behind it.
+
+Plain dataclasses of numpy arrays and Python values, so the demo, the CLI and the
+evaluation never need to touch tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .observations import OBSERVATIONS, STATE_NAMES, group_of
+
+
+@dataclass
+class Reference:
+    """One retrieved training report."""
+
+    study_id: str
+    distance: float  # in the index's metric (hyperbolic by default)
+    label_states: list[int]  # State values in OBSERVATIONS order
+    text: str | None = None  # None where the index holds no report text
+    is_global_prompt: bool = False  # the top-1 reference feeds FVTAF as the global prompt
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study_id": self.study_id,
+            "distance": self.distance,
+            "labels": {o: STATE_NAMES[s] for o, s in zip(OBSERVATIONS, self.label_states)},
+            "text": self.text,
+            "is_global_prompt": self.is_global_prompt,
+        }
+
+
+@dataclass
+class AttentionMap:
+    """An MPSA attention map over the input image for one prompt."""
+
+    prompt: str
+    kind: str  # "region" (a region/entity prompt) or "global" (a sentence of the global reference)
+    heatmap: np.ndarray  # float32 H x W at input-image resolution, sums to 1
+
+
+@dataclass
+class Report:
+    """A generated report for one study, with per-finding probabilities, references and maps."""
+
+    text: str
+    probabilities: dict[str, list[float]]  # observation -> probabilities of the 4 states
+    states: list[int]  # predicted State per observation, OBSERVATIONS order
+    references: list[Reference] = field(default_factory=list)
+    attention: list[AttentionMap] = field(default_factory=list)
+
+    def findings(self) -> list[dict[str, Any]]:
+        """Per-observation summary sorted by probability of being present (positive)."""
+        rows = []
+        for name, state in zip(OBSERVATIONS, self.states):
+            p = self.probabilities[name]
+            rows.append(
+                {
+                    "observation": name,
+                    "state": STATE_NAMES[state],
+                    "p_positive": float(p[1]),
+                    "p_uncertain": float(p[3]),
+                    "p_negative": float(p[2]),
+                    "p_not_mentioned": float(p[0]),
+                    "group": group_of(name),
+                }
+            )
+        return sorted(rows, key=lambda r: -r["p_positive"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the heatmaps)."""
+        return {
+            "report": self.text,
+            "findings": self.findings(),
+            "references": [r.to_dict() for r in self.references],
+        }
