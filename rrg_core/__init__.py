@@ -36,6 +36,19 @@ _EXPORTS = {
     "label_report": "labeler",
     "normalize_report": "report_text",
     "split_sentences": "report_text",
+    # datasets and metrics
+    "Study": "datasets",
+    "load_annotation": "datasets",
+    "load_split": "datasets",
+    "nlg_metrics": "metrics",
+    "clinical_efficacy": "metrics",
+    "paper_average": "metrics",
+    "markdown_table": "metrics",
+    # the model
+    "REVTAFConfig": "config",
+    "REVTAF": "model",
+    "load_model": "pretrained",
+    "build_index": "indexing",
 }
 
 
