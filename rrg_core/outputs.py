@@ -38,8 +38,9 @@ class AttentionMap:
     """An MPSA attention map over the input image for one prompt."""
 
     prompt: str
-    kind: str  # "region" (a region/entity prompt) or "global" (a sentence of the global reference)
+    kind: str  # "region" (a region/entity prompt) or "global" (the retrieved reference report)
     heatmap: np.ndarray  # float32 H x W at input-image resolution, sums to 1
+    view: int = 0  # which input view (0 = frontal, 1 = lateral)
 
 
 @dataclass

@@ -1,0 +1,195 @@
+"""REVTAFConfig: every hyper-parameter of the model in one plain dataclass.
+
+Serialised as ``config.json`` next to the weights. ``format_version`` guards against
+loading a folder written by an incompatible version of this package.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .prompts import DEFAULT_PROMPTS
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class REVTAFConfig:
+    # ---- input ---------------------------------------------------------------------------
+    image_size: int = 224
+    n_views: int = 1  # 1 (frontal) or 2 (frontal + lateral, as IU X-Ray)
+    image_mean: float = 0.5
+    image_std: float = 0.25
+    # ---- visual encoder (transformers ResNet; no torchvision) ------------------------------
+    resnet_layer_type: str = "basic"  # "basic" (ResNet-18/34) or "bottleneck" (ResNet-50/101)
+    resnet_depths: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    resnet_hidden_sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    resnet_embedding_size: int = 64
+    backbone_hub_id: str | None = None  # e.g. "microsoft/resnet-101" for the paper preset
+    # ---- shared width of visual tokens, prompts and memory ---------------------------------
+    d_model: int = 256
+    n_heads: int = 4
+    dropout: float = 0.1
+    # ---- text encoder (region/entity prompts and report sentences) -------------------------
+    text_layers: int = 2
+    text_hidden: int = 256
+    text_heads: int = 4
+    text_hub_id: str | None = None  # a Hub sentence encoder for the paper preset
+    max_sentence_tokens: int = 32
+    max_reference_sentences: int = 12
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    # ---- decoder (BertLMHeadModel with cross-attention) ------------------------------------
+    vocab_size: int = 0  # set from the tokenizer
+    decoder_layers: int = 3
+    decoder_hidden: int = 256
+    decoder_heads: int = 4
+    decoder_hub_id: str | None = None  # e.g. "bert-base-uncased" for the paper preset
+    max_report_tokens: int = 100
+    # ---- LRE: Learnable Retrieval Enhancer --------------------------------------------------
+    use_lre: bool = True
+    hyperbolic_hidden: int = 256
+    hyperbolic_dim: int = 256
+    curvature: float = 0.01
+    learnable_curvature: bool = False
+    retrieval_metric: str = "hyperbolic"  # "hyperbolic" | "cosine" | "euclidean"
+    top_k: int = 21
+    alpha: float = 2.0  # weight of the ranking loss
+    # ---- FVTAF / MPSA -----------------------------------------------------------------------
+    use_fvtaf: bool = True
+    use_mpsa: bool = True  # False: plain softmax cross-attention (supplementary Table 3)
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iters: int = 100
+    sinkhorn_tol: float = 1e-3
+    beta: float = 0.5  # weight of the region/global consistency loss
+    # ---- diagnosis branch -------------------------------------------------------------------
+    cls_weight: float = 4.0
+    entity_weight: float = 1.0  # our supervision of the finding-prompt scores (replaces MedKLIP)
+    label_priors: list[list[float]] | None = None  # [14][4] training-set state frequencies
+    # ---- generation defaults ----------------------------------------------------------------
+    num_beams: int = 3
+    min_new_tokens: int = 10
+    max_new_tokens: int = 100
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    # ---- bookkeeping ------------------------------------------------------------------------
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.n_views not in (1, 2):
+            raise ValueError(f"n_views must be 1 or 2, got {self.n_views}")
+        if self.retrieval_metric not in ("hyperbolic", "cosine", "euclidean"):
+            raise ValueError(f"unknown retrieval_metric {self.retrieval_metric!r}")
+        if self.resnet_layer_type not in ("basic", "bottleneck"):
+            raise ValueError(f"unknown resnet_layer_type {self.resnet_layer_type!r}")
+        if len(self.resnet_depths) != len(self.resnet_hidden_sizes):
+            raise ValueError("resnet_depths and resnet_hidden_sizes must have the same length")
+
+    # ---- presets ------------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "REVTAFConfig":
+        """``tiny`` (tests, seconds on CPU), ``small`` (CPU-trainable default), ``paper`` (ResNet-101, BERT-base)."""
+        try:
+            base = PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        return cls(**{**base, **overrides})
+
+    # ---- (de)serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "REVTAFConfig":
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"config.json has format_version {version!r}, this rrg_core reads version {FORMAT_VERSION}: "
+                "the weights were written by an incompatible version; re-export them or install a matching rrg_core"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"config.json has unknown field(s) {unknown}: written by a newer rrg_core?")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "REVTAFConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read model config {path}: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"model config {path} is not a JSON object")
+        return cls.from_dict(data)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        image_size=64,
+        resnet_depths=[1, 1, 1],
+        resnet_hidden_sizes=[8, 16, 32],
+        resnet_embedding_size=8,
+        d_model=32,
+        n_heads=2,
+        text_layers=1,
+        text_hidden=32,
+        text_heads=2,
+        decoder_layers=1,
+        decoder_hidden=32,
+        decoder_heads=2,
+        hyperbolic_hidden=32,
+        hyperbolic_dim=16,
+        top_k=3,
+        max_report_tokens=40,
+        max_new_tokens=20,
+        min_new_tokens=2,
+        max_reference_sentences=6,
+        sinkhorn_iters=30,
+    ),
+    "small": dict(
+        image_size=224,
+        resnet_depths=[1, 1, 2],
+        resnet_hidden_sizes=[32, 64, 128],
+        resnet_embedding_size=32,
+        d_model=256,
+        n_heads=4,
+        text_layers=2,
+        text_hidden=256,
+        decoder_layers=3,
+        decoder_hidden=256,
+        decoder_heads=4,
+        hyperbolic_hidden=256,
+        hyperbolic_dim=128,
+        top_k=21,
+    ),
+    "paper": dict(
+        image_size=224,
+        resnet_layer_type="bottleneck",
+        resnet_depths=[3, 4, 23, 3],
+        resnet_hidden_sizes=[256, 512, 1024, 2048],
+        resnet_embedding_size=64,
+        backbone_hub_id="microsoft/resnet-101",
+        d_model=1024,
+        n_heads=8,
+        text_layers=12,
+        text_hidden=768,
+        text_heads=12,
+        text_hub_id="emilyalsentzer/Bio_ClinicalBERT",
+        decoder_layers=12,
+        decoder_hidden=768,
+        decoder_heads=12,
+        decoder_hub_id="bert-base-uncased",
+        hyperbolic_hidden=512,
+        hyperbolic_dim=512,
+        top_k=21,
+        max_report_tokens=150,
+        max_new_tokens=150,
+        min_new_tokens=100,
+    ),
+}

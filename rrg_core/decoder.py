@@ -1,0 +1,111 @@
+"""Report decoder: transformers' BertLMHeadModel with cross-attention over the fused visual
+memory, prompted by the predicted diagnostic states (PromptMRG's prompt tokens).
+
+Sequence layout: ``[BOS] s_1 ... s_14 [SEP] report tokens [EOS]`` where s_i is the state
+token ([BLA]/[POS]/[NEG]/[UNC]) of observation i; the loss covers the report part only.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers import BertConfig, BertLMHeadModel, DynamicCache, EncoderDecoderCache, PreTrainedTokenizerBase
+
+from .config import REVTAFConfig
+from .observations import OBSERVATIONS
+from .tokenizer import state_token_ids
+
+PREFIX_LENGTH = len(OBSERVATIONS) + 2  # [BOS] + 14 states + [SEP]
+
+
+class ReportDecoder(nn.Module):
+    def __init__(self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        if config.decoder_hub_id:
+            self.bert = BertLMHeadModel.from_pretrained(config.decoder_hub_id, is_decoder=True, add_cross_attention=True)
+            self.bert.resize_token_embeddings(len(tokenizer))
+        else:
+            self.bert = BertLMHeadModel(
+                BertConfig(
+                    vocab_size=len(tokenizer),
+                    hidden_size=config.decoder_hidden,
+                    num_hidden_layers=config.decoder_layers,
+                    num_attention_heads=config.decoder_heads,
+                    intermediate_size=4 * config.decoder_hidden,
+                    max_position_embeddings=PREFIX_LENGTH + config.max_report_tokens + 2,
+                    hidden_dropout_prob=config.dropout,
+                    attention_probs_dropout_prob=config.dropout,
+                    is_decoder=True,
+                    add_cross_attention=True,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            )
+        self.memory_projection = nn.Linear(config.d_model, self.bert.config.hidden_size)
+        self.register_buffer("state_ids", torch.tensor(state_token_ids(tokenizer)), persistent=False)
+        self.bos_id = tokenizer.convert_tokens_to_ids("[BOS]")
+        self.sep_id = tokenizer.convert_tokens_to_ids("[SEP]")
+        self.eos_id = tokenizer.convert_tokens_to_ids("[EOS]")
+        self.pad_id = tokenizer.pad_token_id
+        self.max_report_tokens = config.max_report_tokens
+
+    def prefix(self, states: Tensor) -> Tensor:
+        """[B, 14] predicted or true states -> [B, 16] prompt token ids."""
+        b = states.shape[0]
+        bos = torch.full((b, 1), self.bos_id, device=states.device, dtype=torch.long)
+        sep = torch.full((b, 1), self.sep_id, device=states.device, dtype=torch.long)
+        return torch.cat([bos, self.state_ids[states.long()], sep], dim=1)
+
+    def loss(self, memory: Tensor, states: Tensor, report_ids: Tensor, report_mask: Tensor) -> Tensor:
+        """Teacher-forced LM loss. report_ids [B, T] are report tokens *without* specials
+        (padding where report_mask is 0); [EOS] is appended here."""
+        b = report_ids.shape[0]
+        lengths = report_mask.sum(1)
+        eos_column = torch.full((b, 1), self.pad_id, dtype=torch.long, device=report_ids.device)
+        body = torch.cat([report_ids, eos_column], dim=1)
+        body[torch.arange(b), lengths] = self.eos_id
+        body_mask = torch.cat([report_mask, torch.zeros_like(eos_column)], dim=1)
+        body_mask[torch.arange(b), lengths] = 1
+        input_ids = torch.cat([self.prefix(states), body], dim=1)
+        attention_mask = torch.cat([torch.ones(b, PREFIX_LENGTH, dtype=body_mask.dtype, device=body.device), body_mask], 1)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        labels[:, :PREFIX_LENGTH] = -100
+        out = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=self.memory_projection(memory),
+            labels=labels,
+        )
+        return out.loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        memory: Tensor,
+        states: Tensor,
+        *,
+        num_beams: int = 3,
+        max_new_tokens: int = 100,
+        min_new_tokens: int = 10,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> list[str]:
+        prefix = self.prefix(states)
+        # transformers 5: BertLMHeadModel.generate with encoder_hidden_states needs a fresh
+        # encoder-decoder cache on every call (a plain DynamicCache crashes).
+        cfg = self.bert.config
+        cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
+        sequences = self.bert.generate(
+            input_ids=prefix,
+            attention_mask=torch.ones_like(prefix),
+            encoder_hidden_states=self.memory_projection(memory),
+            cache=cache,
+            num_beams=num_beams,
+            do_sample=False,
+            max_new_tokens=min(max_new_tokens, self.max_report_tokens + 1),
+            min_new_tokens=min_new_tokens,
+            repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+        )
+        return self.tokenizer.batch_decode(sequences[:, PREFIX_LENGTH:], skip_special_tokens=True)

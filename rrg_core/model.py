@@ -1,0 +1,278 @@
+"""REVTAF: the whole model, one class.
+
+    image(s) -> VisualEncoder -> patch tokens, pooled vector
+    region/entity prompts -> TextEncoder -> FVTAF.align_regions (MPSA) -> entity scores
+    entity scores -> LRE (Poincare ball) -> retrieve top-k references from the ReferenceIndex
+    pooled + top-k references -> DiagnosisHead -> 14 x 4 states -> prompt tokens
+    top-1 reference's sentences -> FVTAF.align_global (MPSA) -> fused memory (both branches)
+    prompt tokens + memory -> ReportDecoder (BERT) -> report
+
+Loss = LM + 4 cls + beta align + alpha rank + entity (each also returned on its own).
+Switches: ``use_lre`` (off: retrieval by cosine on the pooled image vector, no ranking loss),
+``use_fvtaf`` (off: the decoder reads the plain patch tokens), ``use_mpsa`` (off: softmax
+cross-attention). All off is the PromptMRG-like baseline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from .config import REVTAFConfig
+from .decoder import ReportDecoder
+from .diagnosis import DiagnosisHead
+from .fvtaf import FVTAF, consistency_loss
+from .lre import EntityScores, LearnableRetrievalEnhancer, entity_loss
+from .mpsa import MPSAOutput
+from .observations import OBSERVATIONS
+from .outputs import AttentionMap, Reference, Report
+from .preprocessing import prepare_image, upsample_maps
+from .reference_index import ReferenceIndex
+from .report_text import split_sentences
+from .text_encoder import TextEncoder
+from .visual_encoder import VisualEncoder, VisualFeatures
+
+
+@dataclass
+class _Encoded:
+    """Everything the image side computes before the decoder."""
+
+    visual: VisualFeatures
+    prompts: Tensor | None  # [B, K, D] region/entity prompt embeddings
+    region: MPSAOutput | None
+    entity_logits: Tensor | None  # [B, K]
+    query: Tensor  # [B, H] retrieval embedding
+
+
+class REVTAF(nn.Module):
+    def __init__(
+        self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase, index: ReferenceIndex | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.visual = VisualEncoder(config)
+        self.text = TextEncoder(config, tokenizer)
+        aligns = config.use_lre or config.use_fvtaf
+        self.fvtaf = FVTAF(config) if aligns else None
+        self.entity_scores = EntityScores(len(config.prompts)) if aligns else None
+        self.lre = LearnableRetrievalEnhancer(config) if config.use_lre else None
+        self.diagnosis = DiagnosisHead(config)
+        self.decoder = ReportDecoder(config, tokenizer)
+        self.index = index
+
+    # ------------------------------------------------------------------ shared image side
+    @property
+    def retrieval_metric(self) -> str:
+        return self.config.retrieval_metric if self.lre is not None else "cosine"
+
+    def _encode(self, images: Tensor) -> _Encoded:
+        visual = self.visual(images)
+        prompts = region = entity_logits = None
+        if self.fvtaf is not None:
+            prompts = self.text(self.config.prompts).unsqueeze(0).expand(images.shape[0], -1, -1)
+            region = self.fvtaf.align_regions(visual.tokens, prompts)
+            entity_logits = self.entity_scores(region.similarity)
+        query = self.lre(entity_logits) if self.lre is not None else F.normalize(visual.pooled, dim=-1)
+        return _Encoded(visual, prompts, region, entity_logits, query)
+
+    def _retrieve(self, query: Tensor, exclude_ids: Sequence[str] | None) -> tuple[Tensor, Tensor]:
+        if self.index is None or len(self.index) == 0:
+            raise RuntimeError("the model has no reference index: build one with train.build_index or rrg_core.build_index")
+        k = min(self.config.top_k, len(self.index) - (1 if exclude_ids is not None else 0))
+        if k < 1:
+            raise RuntimeError("the reference index is too small to retrieve from")
+        return self.index.search(query.detach().float(), k, metric=self.retrieval_metric, exclude_ids=exclude_ids)
+
+    def _references(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        device = self.diagnosis.query.device
+        text = self.index.report_embeddings(indices.cpu()).to(device)
+        states = self.index.label_states[indices.cpu()].to(device).long()
+        return text, states
+
+    def _global(self, encoded: _Encoded, top1: Tensor) -> tuple[MPSAOutput, Tensor, Tensor]:
+        sentences, mask = self.index.gather(top1.cpu())
+        sentences, mask = sentences.to(encoded.visual.tokens.device), mask.to(encoded.visual.tokens.device)
+        return self.fvtaf.align_global(encoded.visual.tokens, sentences, mask), sentences, mask
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """batch: images [B, V, 1, H, W], report_ids / report_mask [B, T] (report tokens without
+        specials), states [B, 14] (State values), study_ids (list of B str, excluded from their
+        own retrieval). Returns the total ``loss`` and each term."""
+        states = batch["states"].long()
+        encoded = self._encode(batch["images"])
+        zero = encoded.visual.pooled.sum() * 0.0
+        losses = {"rank": zero, "entity": zero, "align": zero}
+        if self.lre is not None:
+            losses["rank"] = self.lre.ranking_loss(encoded.query, states)
+        if encoded.entity_logits is not None:
+            losses["entity"] = entity_loss(encoded.entity_logits, states)
+
+        _, indices = self._retrieve(encoded.query, batch.get("study_ids"))
+        reference_text, reference_states = self._references(indices)
+        logits = self.diagnosis(encoded.visual.pooled, reference_text, reference_states)
+        losses["cls"] = self.diagnosis.loss(logits, states)
+
+        memory = encoded.visual.tokens
+        if self.fvtaf is not None and self.fvtaf.fuses:
+            global_, sentences, mask = self._global(encoded, indices[:, 0])
+            memory = self.fvtaf.memory(encoded.region, global_)
+            losses["align"] = consistency_loss(encoded.region.maps, global_.maps, encoded.prompts, sentences, mask)
+        # Teacher forcing: the true states are the prompt during training (PromptMRG).
+        losses["lm"] = self.decoder.loss(memory, states, batch["report_ids"], batch["report_mask"])
+
+        c = self.config
+        losses["loss"] = (
+            losses["lm"]
+            + c.cls_weight * losses["cls"]
+            + c.beta * losses["align"]
+            + c.alpha * losses["rank"]
+            + c.entity_weight * losses["entity"]
+        )
+        return losses
+
+    # ------------------------------------------------------------------ references
+    def sentence_embeddings(self, reports: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Each report's sentences embedded by the text encoder: [N, S, D] and mask [N, S]."""
+        limit = self.config.max_reference_sentences
+        per_report = [(split_sentences(r) or [r])[:limit] for r in reports]
+        flat = [s for sentences in per_report for s in sentences]
+        vectors = self.text(flat)
+        out = vectors.new_zeros(len(reports), limit, vectors.shape[-1])
+        mask = torch.zeros(len(reports), limit, dtype=torch.bool, device=vectors.device)
+        start = 0
+        for i, sentences in enumerate(per_report):
+            out[i, : len(sentences)] = vectors[start : start + len(sentences)]
+            mask[i, : len(sentences)] = True
+            start += len(sentences)
+        return out, mask
+
+    @torch.no_grad()
+    def reference_entries(self, images: Tensor, reports: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """What the index stores for a batch of training studies: retrieval embeddings [B, H],
+        sentence embeddings [B, S, D] and their mask [B, S]."""
+        query = self._encode(images).query
+        sentences, mask = self.sentence_embeddings(reports)
+        return query.float().cpu(), sentences.cpu(), mask.cpu()
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Tensor,
+        *,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        min_new_tokens: int | None = None,
+        repetition_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
+    ) -> list[Report]:
+        """images [B, V, 1, H, W] (normalised, see :meth:`prepare`). Maps are returned at
+        ``image_sizes`` (one (H, W) per study; default: the input tensor's size)."""
+        c = self.config
+        encoded = self._encode(images)
+        distances, indices = self._retrieve(encoded.query, None)
+        reference_text, reference_states = self._references(indices)
+        logits = self.diagnosis(encoded.visual.pooled, reference_text, reference_states)
+        probabilities = logits.float().softmax(-1)
+        states = probabilities.argmax(-1)
+
+        memory, global_ = encoded.visual.tokens, None
+        if self.fvtaf is not None and self.fvtaf.fuses:
+            global_, _, _ = self._global(encoded, indices[:, 0])
+            memory = self.fvtaf.memory(encoded.region, global_)
+        texts = self.decoder.generate(
+            memory,
+            states,
+            num_beams=num_beams or c.num_beams,
+            max_new_tokens=max_new_tokens or c.max_new_tokens,
+            min_new_tokens=c.min_new_tokens if min_new_tokens is None else min_new_tokens,
+            repetition_penalty=repetition_penalty or c.repetition_penalty,
+            no_repeat_ngram_size=c.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size,
+        )
+        sizes = list(image_sizes) if image_sizes is not None else [tuple(images.shape[-2:])] * len(texts)
+        return [
+            Report(
+                text=texts[b],
+                probabilities={o: probabilities[b, i].tolist() for i, o in enumerate(OBSERVATIONS)},
+                states=states[b].tolist(),
+                references=self._reference_list(distances[b], indices[b]),
+                attention=self._attention_maps(encoded, global_, b, sizes[b]),
+            )
+            for b in range(len(texts))
+        ]
+
+    def _reference_list(self, distances: Tensor, indices: Tensor) -> list[Reference]:
+        texts = self.index.texts
+        return [
+            Reference(
+                study_id=self.index.study_ids[i],
+                distance=float(d),
+                label_states=self.index.label_states[i].tolist(),
+                text=texts[i] if texts is not None else None,
+                is_global_prompt=(rank == 0 and self.fvtaf is not None and self.fvtaf.fuses),
+            )
+            for rank, (d, i) in enumerate(zip(distances.tolist(), indices.tolist()))
+        ]
+
+    def _attention_maps(
+        self, encoded: _Encoded, global_: MPSAOutput | None, b: int, size: tuple[int, int]
+    ) -> list[AttentionMap]:
+        """Per view: one map per region/entity prompt and one for the global reference (the
+        mask-weighted mean over its sentences), upsampled to the input image."""
+        if encoded.region is None:
+            return []
+        grid, views = encoded.visual.grid, encoded.visual.n_views
+        out = []
+        for v in range(views):
+            span = slice(v * grid[0] * grid[1], (v + 1) * grid[0] * grid[1])
+            region = upsample_maps(encoded.region.maps[b, :, span], grid, size)
+            out += [AttentionMap(p, "region", region[k], view=v) for k, p in enumerate(self.config.prompts)]
+            if global_ is not None:
+                # Masked sentences have all-zero maps, so a plain sum is the mask-weighted sum.
+                merged = global_.maps[b, :, span].sum(0, keepdim=True)
+                out.append(AttentionMap("retrieved reference report", "global", upsample_maps(merged, grid, size)[0], view=v))
+        return out
+
+    # ------------------------------------------------------------------ Hub-style persistence
+    def save_pretrained(self, directory) -> None:
+        from .pretrained import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, weights=None, **kwargs) -> "REVTAF":
+        from .pretrained import from_pretrained
+
+        return from_pretrained(weights, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        from .pretrained import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    # ------------------------------------------------------------------ convenience
+    def prepare(self, views: Sequence[object]) -> Tensor:
+        """One study's views (XRay objects or float H x W arrays) -> [V, 1, S, S]. A one-view
+        study given to a two-view model repeats its view (the model then reads it twice)."""
+        arrays = [getattr(v, "pixels", v) for v in views]
+        if not 1 <= len(arrays) <= 2:
+            raise ValueError(f"a study has 1 or 2 views, got {len(arrays)}")
+        if len(arrays) < self.config.n_views:
+            arrays = arrays * self.config.n_views
+        c = self.config
+        return torch.stack([prepare_image(a, c.image_size, c.image_mean, c.image_std) for a in arrays[: c.n_views]])
+
+    @torch.no_grad()
+    def generate_from_xrays(self, studies: Sequence[object | Sequence[object]], **options) -> list[Report]:
+        """Generate for studies given as XRay objects / arrays (one per study, or a list of views)."""
+        studies = [s if isinstance(s, (list, tuple)) else [s] for s in studies]
+        images = torch.stack([self.prepare(views) for views in studies]).to(self.diagnosis.query.device)
+        sizes = [tuple(getattr(views[0], "pixels", views[0]).shape) for views in studies]
+        return self.generate(images, image_sizes=sizes, **options)

@@ -1,0 +1,28 @@
+"""From an X-ray's pixels to the model's input tensor, and from token-grid maps back to the image."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def prepare_image(pixels: np.ndarray, size: int, mean: float = 0.5, std: float = 0.25) -> Tensor:
+    """float H x W in [0, 1] (display polarity) -> normalised [1, size, size] float32 tensor.
+
+    A plain square resize (as R2Gen and PromptMRG do), so a map on the token grid goes back
+    to the original image by the inverse resize alone."""
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {pixels.shape}")
+    image = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+    image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return ((image[0] - mean) / std).float()
+
+
+def upsample_maps(maps: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """[..., h*w] maps on the token grid -> float32 [..., H, W] at image resolution, each summing to 1."""
+    lead = maps.shape[:-1]
+    grid_maps = maps.reshape(-1, 1, *grid).float()
+    full = F.interpolate(grid_maps, size=size, mode="bilinear", align_corners=False).clamp(min=0)
+    full = full / full.sum(dim=(-2, -1), keepdim=True).clamp(min=1e-12)
+    return full.reshape(*lead, *size).cpu().numpy()

@@ -1,0 +1,115 @@
+"""Saving and loading a model folder: config.json, model.safetensors, the tokenizer files and
+the reference index, locally or through the Hugging Face Hub.
+
+Loading checks everything (config version, tokenizer, index, every tensor's name and shape)
+before a single weight is copied, so a bad folder fails with one clear message instead of
+leaving a half-loaded model. Only safetensors is read; nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_model
+
+from .config import REVTAFConfig
+from .hub import push_folder, resolve_weights
+from .model import REVTAF
+from .reference_index import ReferenceIndex
+from .tokenizer import load_tokenizer
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights" / "synthcxr"
+
+
+def save_pretrained(model: REVTAF, directory: str | os.PathLike) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.vocab_size = len(model.tokenizer)
+    model.config.save(directory / CONFIG_NAME)
+    save_model(model, str(directory / WEIGHTS_NAME))  # handles the decoder's tied embeddings
+    model.tokenizer.save_pretrained(directory)
+    if model.index is not None:
+        model.index.save(directory)
+    return directory
+
+
+def _read_state_dict(path: Path, expected: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Read and validate all tensors; raise ValueError naming what is wrong. Returns the
+    tensors and the expected names that are absent (checked by the caller for tied aliases)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            tensors = {k: f.get_tensor(k) for k in keys}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
+    # Tied weights are stored once; any alias of a stored tensor may be absent.
+    missing = sorted(k for k in set(expected) - keys)
+    unexpected = sorted(keys - set(expected))
+    if unexpected:
+        raise ValueError(f"{path} holds tensors this model does not have, e.g. {unexpected[:3]}: incompatible weights")
+    shapes = [k for k in keys if tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    if shapes:
+        k = shapes[0]
+        raise ValueError(
+            f"{path}: {len(shapes)} tensor(s) have the wrong shape, e.g. {k} is {tuple(tensors[k].shape)}, "
+            f"the model expects {tuple(expected[k].shape)}: the weights do not match config.json"
+        )
+    return tensors, missing
+
+
+def from_pretrained(
+    weights: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    texts_from: dict[str, str] | None = None,
+    device: str | torch.device = "cpu",
+) -> REVTAF:
+    """Load a model folder: a local path, ``ORG/REPO[@REVISION]`` on the Hub, or (None) the
+    embedded default weights. ``texts_from`` attaches report texts (id -> text) to an index
+    shipped without them."""
+    folder = resolve_weights(weights if weights is not None else DEFAULT_WEIGHTS, revision=revision)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder} is not a REVTAF model folder: {name} is missing")
+    config = REVTAFConfig.load(folder / CONFIG_NAME)
+    try:
+        tokenizer = load_tokenizer(folder)
+    except Exception as err:  # tokenizers raise many types for a broken tokenizer.json
+        raise ValueError(f"cannot load the tokenizer in {folder}: {err}") from err
+    if config.vocab_size and len(tokenizer) != config.vocab_size:
+        raise ValueError(f"the tokenizer in {folder} has {len(tokenizer)} tokens, config.json says {config.vocab_size}")
+    index = ReferenceIndex.load(folder, texts_from=texts_from) if (folder / "reference_index.json").is_file() else None
+
+    model = REVTAF(config, tokenizer, index)
+    expected = model.state_dict()
+    tensors, missing = _read_state_dict(folder / WEIGHTS_NAME, expected)
+    tied = {k for k in missing if _is_tied_alias(model, k, tensors)}
+    if set(missing) - tied:
+        raise ValueError(f"{folder / WEIGHTS_NAME} lacks {len(set(missing) - tied)} tensor(s), e.g. {sorted(set(missing) - tied)[:3]}")
+    model.load_state_dict(tensors, strict=False)
+    model.decoder.bert.tie_weights()
+    return model.to(device).eval()
+
+
+def _is_tied_alias(model: REVTAF, key: str, stored: dict[str, torch.Tensor]) -> bool:
+    """True when ``key`` shares storage with a tensor that *is* stored (e.g. a tied LM head)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    target = params.get(key)
+    return target is not None and any(params.get(k) is target for k in stored)
+
+
+def push_to_hub(model: REVTAF, repo_id: str, **kwargs) -> str:
+    """Save to a temporary folder and upload it (see :func:`rrg_core.hub.push_folder`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp)
+        return push_folder(tmp, repo_id, **kwargs)
+
+
+def load_model(weights: str | os.PathLike | None = None, **kwargs) -> REVTAF:
+    """One call to a ready model: the embedded default, a local folder or a Hub repo."""
+    return from_pretrained(weights, **kwargs)

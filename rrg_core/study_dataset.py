@@ -1,0 +1,103 @@
+"""Torch side of the data: Study records -> model batches (training, indexing, evaluation)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from .config import REVTAFConfig
+from .datasets import Study
+from .observations import labels_to_states
+from .preprocessing import prepare_image
+from .report_text import normalize_report
+from .xray_io import read_xray
+
+
+def augment(image: Tensor, generator: torch.Generator) -> Tensor:
+    """Mild, anatomy-preserving jitter: rotate +-5 deg, scale 0.92-1.05, shift +-4 %, contrast/brightness."""
+
+    def uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+    angle, scale = math.radians(uniform(-5, 5)), uniform(0.92, 1.05)
+    tx, ty = uniform(-0.04, 0.04), uniform(-0.04, 0.04)
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    theta = torch.tensor([[cos, -sin, tx], [sin, cos, ty]], dtype=image.dtype)[None]
+    grid = F.affine_grid(theta, [1, *image.shape], align_corners=False)
+    fill = image.min()
+    moved = F.grid_sample((image - fill)[None], grid, align_corners=False, padding_mode="zeros")[0] + fill
+    return moved * uniform(0.9, 1.1) + uniform(-0.1, 0.1)
+
+
+class StudyDataset(Dataset):
+    """Reads a study's views with :func:`rrg_core.read_xray`, normalises its report the way the
+    field does (R2Gen cleaning) and tokenises it for the decoder."""
+
+    def __init__(
+        self,
+        studies: Sequence[Study],
+        config: REVTAFConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        dataset: str = "iu_xray",
+        train: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.studies = list(studies)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.dataset = dataset
+        self.train = train
+        self.seed = seed
+        self.epoch = 0  # set by the training loop so augmentation differs between epochs
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def load_views(self, study: Study) -> list:
+        paths = study.image_paths[: self.config.n_views]
+        return [read_xray(p).pixels for p in paths]
+
+    def __getitem__(self, i: int) -> dict:
+        study = self.studies[i]
+        c = self.config
+        views = self.load_views(study)
+        if len(views) < c.n_views:
+            views = views * c.n_views
+        images = torch.stack([prepare_image(v, c.image_size, c.image_mean, c.image_std) for v in views[: c.n_views]])
+        if self.train:
+            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
+            images = torch.stack([augment(view, generator) for view in images])
+        report = normalize_report(study.report, self.dataset)
+        ids = self.tokenizer(report, add_special_tokens=False, truncation=True, max_length=c.max_report_tokens)["input_ids"]
+        return {
+            "images": images,
+            "report": report,
+            "report_ids": torch.tensor(ids, dtype=torch.long),
+            "states": torch.tensor(labels_to_states(study.labels), dtype=torch.long),
+            "study_id": study.study_id,
+        }
+
+
+def collate(items: Sequence[dict], pad_id: int = 0) -> dict:
+    """Stack a list of :class:`StudyDataset` items into a model batch."""
+    length = max(1, max(len(it["report_ids"]) for it in items))
+    report_ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+    report_mask = torch.zeros((len(items), length), dtype=torch.long)
+    for row, it in enumerate(items):
+        n = len(it["report_ids"])
+        report_ids[row, :n] = it["report_ids"]
+        report_mask[row, :n] = 1
+    return {
+        "images": torch.stack([it["images"] for it in items]),
+        "report_ids": report_ids,
+        "report_mask": report_mask,
+        "states": torch.stack([it["states"] for it in items]),
+        "study_ids": [it["study_id"] for it in items],
+        "reports": [it["report"] for it in items],
+    }

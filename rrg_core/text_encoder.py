@@ -1,0 +1,55 @@
+"""Text encoder: embeds region/entity prompts and report sentences into the shared width.
+
+It stands in for the frozen MedKLIP/MedCLIP text features of the paper. The small presets
+train their own (a small BERT encoder over the report tokenizer) jointly with the model;
+the paper preset may name a Hub sentence encoder instead.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+
+from .config import REVTAFConfig
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        if config.text_hub_id:
+            self.tokenizer = AutoTokenizer.from_pretrained(config.text_hub_id)
+            self.bert = AutoModel.from_pretrained(config.text_hub_id, add_pooling_layer=False)
+        else:
+            self.tokenizer = tokenizer
+            self.bert = BertModel(
+                BertConfig(
+                    vocab_size=len(tokenizer),
+                    hidden_size=config.text_hidden,
+                    num_hidden_layers=config.text_layers,
+                    num_attention_heads=config.text_heads,
+                    intermediate_size=4 * config.text_hidden,
+                    max_position_embeddings=config.max_sentence_tokens,
+                    hidden_dropout_prob=config.dropout,
+                    attention_probs_dropout_prob=config.dropout,
+                    pad_token_id=tokenizer.pad_token_id,
+                ),
+                add_pooling_layer=False,
+            )
+        self.project = nn.Sequential(nn.Linear(self.bert.config.hidden_size, config.d_model), nn.LayerNorm(config.d_model))
+        self.max_tokens = config.max_sentence_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return self.project[0].weight.device
+
+    def forward(self, texts: Sequence[str]) -> Tensor:
+        """Embed each text (a prompt or one sentence) as one vector: [len(texts), d_model]."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.project(mean)

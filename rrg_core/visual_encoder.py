@@ -1,0 +1,70 @@
+"""Visual encoder: a ResNet (transformers' implementation, so no torchvision) turning one or
+two views of a study into patch tokens for MPSA and a pooled vector for the diagnosis head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import ResNetConfig, ResNetModel
+
+from .config import REVTAFConfig
+
+
+@dataclass
+class VisualFeatures:
+    tokens: Tensor  # [B, V * h * w, d_model], views concatenated along the token axis
+    pooled: Tensor  # [B, d_model], mean over views of each view's mean token
+    grid: tuple[int, int]  # (h, w) of one view's token grid
+    n_views: int
+
+
+class VisualEncoder(nn.Module):
+    def __init__(self, config: REVTAFConfig) -> None:
+        super().__init__()
+        if config.backbone_hub_id:
+            # Pretrained backbones are RGB: grayscale X-rays are repeated over 3 channels.
+            self.backbone = ResNetModel.from_pretrained(config.backbone_hub_id)
+        else:
+            self.backbone = ResNetModel(
+                ResNetConfig(
+                    num_channels=1,
+                    embedding_size=config.resnet_embedding_size,
+                    hidden_sizes=list(config.resnet_hidden_sizes),
+                    depths=list(config.resnet_depths),
+                    layer_type=config.resnet_layer_type,
+                )
+            )
+        self.in_channels = self.backbone.config.num_channels
+        width = self.backbone.config.hidden_sizes[-1]
+        self.project = nn.Sequential(nn.Linear(width, config.d_model), nn.LayerNorm(config.d_model))
+        # Which view a token came from (frontal/lateral), added after projection.
+        self.view_embedding = nn.Parameter(torch.zeros(config.n_views, config.d_model))
+        # A learned 2-D position code on the token grid helps the decoder say "left"/"right".
+        side = config.image_size // self.stride
+        self.position_embedding = nn.Parameter(torch.zeros(side * side, config.d_model))
+        nn.init.normal_(self.position_embedding, std=0.02)
+        self.n_views = config.n_views
+        self.image_size = config.image_size
+
+    @property
+    def stride(self) -> int:
+        # stem: conv stride 2 + max-pool stride 2; every stage after the first halves again
+        return 4 * 2 ** (len(self.backbone.config.hidden_sizes) - 1)
+
+    def forward(self, images: Tensor) -> VisualFeatures:
+        """images: [B, V, 1, H, W], normalised (see :func:`rrg_core.preprocessing.prepare_image`)."""
+        size = self.image_size
+        if images.dim() != 5 or images.shape[1:] != (self.n_views, 1, size, size):
+            raise ValueError(f"expected images of shape [B, {self.n_views}, 1, {size}, {size}], got {tuple(images.shape)}")
+        b, v, _, h, w = images.shape
+        flat = images.reshape(b * v, 1, h, w)
+        if self.in_channels != 1:
+            flat = flat.expand(-1, self.in_channels, -1, -1)
+        feature_map = self.backbone(flat).last_hidden_state  # [B*V, C, h', w']
+        gh, gw = feature_map.shape[-2:]
+        tokens = self.project(feature_map.flatten(2).transpose(1, 2))  # [B*V, h'w', D]
+        tokens = (tokens + self.position_embedding).reshape(b, v, gh * gw, -1) + self.view_embedding[None, :, None, :]
+        pooled = tokens.mean(dim=2).mean(dim=1)
+        return VisualFeatures(tokens=tokens.reshape(b, v * gh * gw, -1), pooled=pooled, grid=(gh, gw), n_views=v)

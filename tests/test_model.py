@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import tiny_batch, tiny_model
+
+from rrg_core.config import REVTAFConfig
+from rrg_core.indexing import build_index
+from rrg_core.model import REVTAF
+from rrg_core.observations import OBSERVATIONS
+
+LOSS_TERMS = ("loss", "lm", "cls", "align", "rank", "entity")
+
+
+def test_forward_returns_every_finite_loss_term():
+    model, batch = tiny_model()
+    losses = model(batch)
+    for term in LOSS_TERMS:
+        assert torch.isfinite(losses[term]), term
+    c = model.config
+    expected = losses["lm"] + c.cls_weight * losses["cls"] + c.beta * losses["align"] + c.alpha * losses["rank"] + losses["entity"]
+    assert torch.allclose(losses["loss"], expected)
+    assert losses["rank"] > 0 and losses["align"] > 0 and losses["entity"] > 0
+
+
+def test_gradients_reach_every_trainable_part():
+    model, batch = tiny_model()
+    model(batch)["loss"].backward()
+    # The text encoder's pooler-free BERT has no unused parameters; position embeddings beyond
+    # the longest prompt/sentence legitimately get no gradient.
+    missing = [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0) and "position_embeddings" not in name
+    ]
+    assert not missing, missing
+
+
+def test_total_loss_falls_when_overfitting_one_batch():
+    model, batch = tiny_model()
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = model(batch)["loss"].item()
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = model(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.6 * first
+
+
+def test_generate_is_deterministic_and_carries_the_evidence():
+    model, batch = tiny_model()
+    model.eval()
+    images = batch["images"][:2]
+    first = model.generate(images, image_sizes=[(80, 96), (64, 64)])
+    second = model.generate(images, image_sizes=[(80, 96), (64, 64)])
+    assert [r.text for r in first] == [r.text for r in second]
+    report = first[0]
+    assert set(report.probabilities) == set(OBSERVATIONS)
+    assert all(math.isclose(sum(p), 1.0, rel_tol=1e-5) for p in report.probabilities.values())
+    assert len(report.references) == model.config.top_k
+    distances = [r.distance for r in report.references]
+    assert distances == sorted(distances)
+    assert report.references[0].is_global_prompt and not report.references[1].is_global_prompt
+    kinds = {m.kind for m in report.attention}
+    assert kinds == {"region", "global"}
+    assert len([m for m in report.attention if m.kind == "region"]) == len(model.config.prompts)
+    for m in report.attention:
+        assert m.heatmap.shape == (80, 96) and m.heatmap.dtype == np.float32
+        assert m.heatmap.min() >= 0 and math.isclose(float(m.heatmap.sum()), 1.0, rel_tol=1e-4)
+    assert first[1].attention[0].heatmap.shape == (64, 64)
+
+
+def test_retrieval_matches_brute_force_arcosh():
+    model, batch = tiny_model()
+    model.eval()
+    with torch.no_grad():
+        query = model._encode(batch["images"]).query.double()
+    index = model.index.embeddings.double()
+    c = model.lre.ball.c.item()
+    sq = ((query[:, None] - index[None]) ** 2).sum(-1)
+    denom = (1 - c * (query**2).sum(-1))[:, None] * (1 - c * (index**2).sum(-1))[None]
+    brute = torch.arccosh(1 + 2 * c * sq / denom) / math.sqrt(c)
+    distances, indices = model._retrieve(query.float(), None)
+    expected = brute.argsort(dim=1)[:, : model.config.top_k]
+    assert torch.equal(indices, expected)
+    assert torch.allclose(distances.double(), brute.gather(1, expected), atol=1e-3)
+
+
+def test_own_study_is_excluded_during_training():
+    model, batch = tiny_model()
+    _, indices = model._retrieve(model._encode(batch["images"]).query, batch["study_ids"])
+    for row, sid in zip(indices.tolist(), batch["study_ids"]):
+        assert sid not in [model.index.study_ids[i] for i in row]
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    model, batch = tiny_model()
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = REVTAF.from_pretrained(tmp_path)
+    a = model.generate(batch["images"][:2])
+    b = loaded.generate(batch["images"][:2])
+    assert [r.text for r in a] == [r.text for r in b]
+    assert all(np.allclose(x.probabilities[o], y.probabilities[o]) for x, y in zip(a, b) for o in OBSERVATIONS)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_incompatible_or_corrupt_folders_fail_clearly(tmp_path):
+    model, _ = tiny_model()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+
+    (tmp_path / "config.json").write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(ValueError, match="format_version"):
+        REVTAF.from_pretrained(tmp_path)
+
+    (tmp_path / "config.json").write_text(json.dumps({**config, "d_model": 48}))
+    with pytest.raises(ValueError, match="wrong shape"):
+        REVTAF.from_pretrained(tmp_path)
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="safetensors"):
+        REVTAF.from_pretrained(tmp_path)
+
+
+def test_switching_lre_off_retrieves_by_pooled_cosine():
+    model, batch = tiny_model(use_lre=False)
+    assert model.lre is None and model.retrieval_metric == "cosine"
+    losses = model(batch)
+    assert losses["rank"] == 0 and losses["align"] > 0
+    assert model.index.metric == "cosine"
+
+
+def test_switching_fvtaf_off_feeds_plain_patch_tokens():
+    model, batch = tiny_model(use_fvtaf=False)
+    assert model.fvtaf is not None and not model.fvtaf.fuses
+    losses = model(batch)
+    assert losses["align"] == 0 and losses["rank"] > 0
+    reports = model.eval().generate(batch["images"][:1])
+    assert {m.kind for m in reports[0].attention} == {"region"}
+    assert not reports[0].references[0].is_global_prompt
+
+
+def test_switching_mpsa_off_uses_softmax_attention():
+    model, _ = tiny_model(use_mpsa=False)
+    assert model.fvtaf.region_attention.mode == "softmax"
+    assert model.fvtaf.global_attention.mode == "softmax"
+    sinkhorn, _ = tiny_model()
+    assert sinkhorn.fvtaf.region_attention.mode == "sinkhorn"
+
+
+def test_all_switches_off_is_the_baseline():
+    model, batch = tiny_model(use_lre=False, use_fvtaf=False)
+    assert model.fvtaf is None and model.lre is None and model.entity_scores is None
+    losses = model(batch)
+    assert losses["rank"] == 0 and losses["align"] == 0 and losses["entity"] == 0
+    assert model.eval().generate(batch["images"][:1])[0].attention == []
+
+
+def test_two_view_model_accepts_a_single_view_study():
+    model, _ = tiny_model(n_views=2)
+    model.eval()
+    pixels = np.random.default_rng(0).random((100, 90), dtype=np.float32)
+    report = model.generate_from_xrays([pixels])[0]
+    assert {m.view for m in report.attention} == {0, 1}
+    assert report.attention[0].heatmap.shape == (100, 90)
+
+
+def test_presets_build_and_the_tiny_one_is_tiny():
+    config = REVTAFConfig.preset("tiny")
+    assert config.image_size == 64
+    with pytest.raises(ValueError, match="unknown preset"):
+        REVTAFConfig.preset("huge")
+    tokenizer = tiny_batch.__globals__["tiny_tokenizer"]()
+    small = REVTAF(REVTAFConfig.preset("small", vocab_size=len(tokenizer)), tokenizer)
+    assert 5e6 < sum(p.numel() for p in small.parameters()) < 30e6
