@@ -1,0 +1,113 @@
+"""Evaluate a model on a dataset split with the field's full metric suite.
+
+NLG (pycocoevalcap, on R2Gen-normalised text), clinical efficacy (our CheXpert-style
+labeler on generated and reference reports alike), retrieval (label agreement of the top-1
+reference) and, on datasets with masks (SynthCXR), grounding of the MPSA maps.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .datasets import Study
+from .labeler import label_report
+from .metrics import clinical_efficacy, grounding_metrics, nlg_metrics, paper_average, paper_row, retrieval_metrics
+from .model import REVTAF
+from .observations import OBSERVATIONS, labels_to_states
+from .prompts import FINDING_PROMPTS
+from .study_dataset import StudyDataset, collate
+
+
+def _masks(study: Study) -> dict[str, list[np.ndarray]]:
+    return {
+        name: [np.asarray(Image.open(p).convert("L")) > 127 for p in paths]
+        for name, paths in study.mask_paths.items()
+        if name in FINDING_PROMPTS
+    }
+
+
+def _map_size(study: Study) -> tuple[int, int] | None:
+    """Heatmaps are compared with masks, so they are made at the masks' size (read from the header)."""
+    for paths in study.mask_paths.values():
+        for path in paths:
+            with Image.open(path) as image:
+                return image.height, image.width
+    return None
+
+
+@torch.no_grad()
+def generate_for(
+    model: REVTAF,
+    studies: Sequence[Study],
+    *,
+    dataset: str = "iu_xray",
+    batch_size: int = 16,
+    progress: bool = True,
+    **generate_options,
+) -> tuple[list[str], list, list[str]]:
+    """Normalised reference texts, Reports and study ids, batch by batch."""
+    model.eval()
+    data = StudyDataset(studies, model.config, model.tokenizer, dataset=dataset)
+    loader = DataLoader(data, batch_size=batch_size, collate_fn=lambda items: collate(items, model.tokenizer.pad_token_id))
+    references, reports = [], []
+    device = model.diagnosis.query.device
+    for start, batch in zip(range(0, len(studies), batch_size), tqdm(loader, desc="generating", disable=not progress)):
+        chunk = studies[start : start + batch_size]
+        sizes = [_map_size(s) or tuple(batch["images"].shape[-2:]) for s in chunk]
+        reports += model.generate(batch["images"].to(device), image_sizes=sizes, **generate_options)
+        references += batch["reports"]
+    return references, reports, [s.study_id for s in studies]
+
+
+def evaluate(
+    model: REVTAF,
+    studies: Sequence[Study],
+    *,
+    dataset: str = "iu_xray",
+    batch_size: int = 16,
+    progress: bool = True,
+    samples: int = 20,
+    **generate_options,
+) -> dict:
+    """All metrics for ``studies``; ``samples`` generated/reference pairs are kept for reading."""
+    references, reports, ids = generate_for(
+        model, studies, dataset=dataset, batch_size=batch_size, progress=progress, **generate_options
+    )
+    hypotheses = [r.text for r in reports]
+    nlg = nlg_metrics(references, hypotheses)
+    ce = clinical_efficacy([label_report(t) for t in references], [label_report(t) for t in hypotheses])
+    query_states = np.array([labels_to_states(s.labels) for s in studies])
+    top1_states = np.array([r.references[0].label_states for r in reports])
+    result = {
+        "n": len(studies),
+        "nlg": nlg,
+        "ce": ce,
+        "retrieval": retrieval_metrics(query_states, top1_states),
+        "paper": paper_row(nlg, ce),
+        "avg": paper_average(nlg, ce),
+        "samples": [
+            {"study_id": i, "reference": ref, "generated": hyp}
+            for i, ref, hyp in list(zip(ids, references, hypotheses))[:samples]
+        ],
+    }
+    grounding_items = list(_grounding_items(studies, reports))
+    if grounding_items:
+        result["grounding"] = grounding_metrics(grounding_items)
+    return result
+
+
+def _grounding_items(studies: Sequence[Study], reports: Sequence):
+    """(finding, its prompt's heatmap on the frontal view, its masks) for every masked finding
+    the study really has (positive or hedged in its labels)."""
+    for study, report in zip(studies, reports):
+        if not study.mask_paths or not report.attention:
+            continue
+        maps = {m.prompt: m.heatmap for m in report.attention if m.kind == "region" and m.view == 0}
+        for name, masks in _masks(study).items():
+            if study.labels.get(name) in (1, -1) and masks:
+                yield name, maps[FINDING_PROMPTS[name]], masks

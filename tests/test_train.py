@@ -1,0 +1,90 @@
+"""A tiny end-to-end fit + evaluate on a dataset written in the R2Gen layout."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from model_fixtures import REPORTS
+from PIL import Image
+
+from train import evaluate as evaluate_cli
+from train.config import TrainConfig
+from train.fit import fit, lr_lambda, parse_overrides
+
+LABELS = [
+    {"No Finding": 1},
+    {"Cardiomegaly": 1, "Consolidation": 0, "Pleural Effusion": 0},
+    {"Pleural Effusion": 1, "Cardiomegaly": 0, "Pneumothorax": 0},
+    {"Consolidation": -1, "Pneumonia": 1, "Pneumothorax": 0},
+    {"Support Devices": 1, "No Finding": 1},
+    {"Cardiomegaly": 1, "Edema": 1, "Pleural Effusion": 1},
+]
+
+
+def write_tiny_dataset(root, n_train=12, n_val=4, n_test=4, masks=False):
+    rng = np.random.default_rng(0)
+    splits = {"train": [], "val": [], "test": []}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for i in range(n):
+            sid = f"{split}{i}"
+            (root / "images" / sid).mkdir(parents=True)
+            k = i % len(REPORTS)
+            image = (rng.random((72, 72)) * 60 + 40 * k).astype(np.uint8)
+            Image.fromarray(image).save(root / "images" / sid / "0.png")
+            entry = {"id": sid, "report": REPORTS[k], "image_path": [f"{sid}/0.png"], "split": split, "labels": LABELS[k]}
+            if masks and LABELS[k].get("Pleural Effusion") == 1:
+                (root / "masks" / sid).mkdir(parents=True)
+                mask = np.zeros((72, 72), np.uint8)
+                mask[40:, :30] = 255
+                Image.fromarray(mask).save(root / "masks" / sid / "pleural_effusion_0.png")
+                entry["masks"] = {"Pleural Effusion": [f"{sid}/pleural_effusion_0.png"]}
+            splits[split].append(entry)
+    (root / "annotation.json").write_text(json.dumps(splits))
+    return root
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, warmup_start_lr=1e-6)
+    f = lr_lambda(cfg, total_steps=110)
+    assert f(0) == pytest.approx(1e-3) and f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
+
+
+def test_overrides_parse_json_values():
+    assert parse_overrides(["epochs=2", "model={\"use_lre\": false}", "out_dir=runs/x"]) == {
+        "epochs": 2,
+        "model": {"use_lre": False},
+        "out_dir": "runs/x",
+    }
+
+
+@pytest.mark.slow
+def test_tiny_fit_resume_and_evaluate(tmp_path, capsys):
+    data = write_tiny_dataset(tmp_path / "data", masks=True)
+    cfg = TrainConfig(
+        data=str(data), preset="tiny", vocab_size=200, epochs=1, batch_size=4, lr=1e-3, min_lr=1e-4,
+        warmup_steps=2, log_every=1, out_dir=str(tmp_path / "run"),
+    )
+    best = fit(cfg)
+    run = tmp_path / "run"
+    assert (best / "model.safetensors").is_file() and (best / "reference_index.json").is_file()
+    files = {p.name for p in run.iterdir()}
+    assert {"train_config.json", "git_commit.txt", "train.csv", "val.csv", "model_config.json"} <= files
+    assert "rank" in (run / "train.csv").read_text().splitlines()[0]
+    assert "val_loss" in (run / "val.csv").read_text().splitlines()[0]
+
+    # resuming continues from the checkpoint instead of starting over
+    cfg.epochs = 2
+    fit(cfg, resume=True)
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == 2
+
+    out = tmp_path / "results.json"
+    evaluate_cli.main(["--weights", str(best), "--data", str(data), "--split", "test", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["n"] == 4
+    assert set(result["nlg"]) == {"BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L"}
+    assert {"micro", "macro", "example", "per_class", "head", "tail"} <= set(result["ce"])
+    assert 0 <= result["avg"] <= 1 and "hamming" in result["retrieval"]
+    assert result["grounding"]["overall"]["n"] >= 1

@@ -1,0 +1,1 @@
+"""Training, evaluation, index building and publishing scripts."""

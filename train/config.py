@@ -1,0 +1,60 @@
+"""TrainConfig: one plain dataclass per training run, read from train/configs/*.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    # data: a dataset folder in the R2Gen layout, or "synthcxr" (phantoms written on first use)
+    data: str = "synthcxr"
+    dataset: str = "iu_xray"  # report normalisation flavour: iu_xray | mimic_cxr
+    synth_n: int = 3000  # phantoms to generate when data == "synthcxr"
+    synth_seed: int = 0
+    # model
+    preset: str = "small"
+    model: dict[str, Any] = field(default_factory=dict)  # REVTAFConfig overrides (ablation switches, sizes)
+    vocab_size: int = 2000
+    # optimisation (paper: AdamW, warm-up from 5e-7 over 2,000 steps, cosine 5e-5 -> 5e-6, wd 0.05)
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 200
+    warmup_start_lr: float = 1e-6
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    num_workers: int = 0
+    seed: int = 42
+    # bookkeeping
+    max_train_studies: int | None = None
+    max_val_studies: int | None = 300
+    keep_index_texts: bool = True  # False for data whose report text may not be redistributed
+    log_every: int = 20
+    out_dir: str = "runs/default"
+
+    @classmethod
+    def load(cls, name_or_path: str, **overrides: Any) -> "TrainConfig":
+        """A config by name (train/configs/NAME.json) or path, with overrides applied on top."""
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = CONFIG_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+            raise SystemExit(f"no training config {name_or_path!r}; known: {known}")
+        data = json.loads(path.read_text())
+        known_fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted((set(data) | set(overrides)) - known_fields)
+        if unknown:
+            raise SystemExit(f"unknown training config field(s) {unknown} in {path}")
+        return cls(**{**data, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,59 @@
+"""Evaluate weights on a dataset split and print a paper-shaped table.
+
+    python -m train.evaluate --weights DIR_OR_HUB_ID --data DIR [--split test] [--limit N] --out results.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from rrg_core.datasets import load_split
+from rrg_core.evaluation import evaluate
+from rrg_core.metrics import markdown_table
+from rrg_core.pretrained import from_pretrained
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="Evaluate REVTAF weights (NLG, CE, retrieval, grounding).")
+    parser.add_argument("--weights", default=None, help="model folder or ORG/REPO[@REV] (default: embedded)")
+    parser.add_argument("--data", required=True, help="dataset folder in the R2Gen layout")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    parser.add_argument("--dataset", default="iu_xray", choices=["iu_xray", "mimic_cxr"], help="text normalisation")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N studies only")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--beams", type=int, default=None, help="beam size (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = from_pretrained(args.weights, device=device)
+    studies = load_split(args.data, args.split)[: args.limit]
+    options = {"num_beams": args.beams} if args.beams else {}
+    result = evaluate(model, studies, dataset=args.dataset, batch_size=args.batch_size, **options)
+    result.update(weights=str(args.weights or "embedded default"), data=str(args.data), split=args.split, seed=args.seed)
+
+    print(markdown_table({"this model": result["paper"]}))
+    ce = result["ce"]
+    print(f"\nCE F1 micro {ce['micro']['f1']:.3f}  macro {ce['macro']['f1']:.3f}  example {ce['example']['f1']:.3f}"
+          f"  head {ce['head']['f1']:.3f}  tail {ce['tail']['f1']:.3f}")
+    r = result["retrieval"]
+    print(f"retrieval: mean Hamming {r['hamming']:.2f}, label-match P@1 {r['precision_at_1']:.3f}")
+    if "grounding" in result:
+        g = result["grounding"]["overall"]
+        print(f"grounding: pointing game {g['pointing_game']:.3f}, IoU {g['iou']:.3f} over {g['n']} findings")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
