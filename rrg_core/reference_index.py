@@ -1,0 +1,255 @@
+"""The retrieval index of the training set: LRE points, report sentences and labels per study.
+
+At inference the LRE embeds the query image on the Poincaré ball and the nearest
+training study's report (as sentence embeddings) becomes the global reference prompt;
+the top-k neighbours feed the diagnosis branch's memory.
+
+Search is exact but cheap at MIMIC scale (270,790 references). For a fixed query x the
+Poincaré distance is monotone in ||x - y||^2 / (1 - c||y||^2), because
+cosh d = 1 + 2c||x - y||^2 / ((1 - c||x||^2)(1 - c||y||^2)); that is one matrix product
+plus per-reference norms computed once. The index is scanned in chunks (bounded memory)
+with that proxy in float32, a few spare candidates are kept, and only those get exact
+float64 distances, which pick and order the final top-k.
+
+Stored as ``reference_index.safetensors`` (tensors) + ``reference_index.json`` (ids,
+optional report texts, curvature, metric, format version, shapes); never pickle.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .hyperbolic import make_ball
+from .observations import OBSERVATIONS, State
+
+FORMAT_VERSION = 1
+METRICS = ("hyperbolic", "cosine", "euclidean")
+TENSORS_FILE = "reference_index.safetensors"
+META_FILE = "reference_index.json"
+_DTYPES = {
+    "embeddings": torch.float32,
+    "sentence_embeddings": torch.float16,
+    "sentence_mask": torch.bool,
+    "label_states": torch.int8,
+}
+_CHUNK_ELEMENTS = 1 << 22  # query x reference scores held at once (16 MiB of float32)
+
+
+@dataclass(eq=False)
+class ReferenceIndex:
+    """Training studies to retrieve from. Tensors are converted to the documented dtypes on construction."""
+
+    embeddings: Tensor  # [N, H] float32, LRE points on the Poincaré ball
+    sentence_embeddings: Tensor  # [N, S, D] float16, text-encoder embeddings of each report's sentences (padded)
+    sentence_mask: Tensor  # [N, S] bool
+    label_states: Tensor  # [N, 14] int8 (State values, OBSERVATIONS order)
+    study_ids: list[str]
+    texts: list[str] | None = None  # report text only where the data may be stored
+    curvature: float = 0.01
+    metric: str = "hyperbolic"  # "hyperbolic" | "cosine" | "euclidean" (supplementary Table 2)
+    _norms: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict, init=False, repr=False)
+    _positions: dict[str, list[int]] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, dtype in _DTYPES.items():
+            setattr(self, name, getattr(self, name).to(dtype))
+        self.study_ids = list(self.study_ids)
+        self.texts = None if self.texts is None else list(self.texts)
+        self._validate()
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    def search(
+        self,
+        queries: Tensor,
+        k: int,
+        metric: str | None = None,
+        exclude_ids: Sequence[str | None] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The ``k`` nearest references of each query [B, H], ascending: (distances [B, k], indices [B, k]).
+
+        Distances are in ``metric`` (default: the index's): Poincaré distance, 1 - cosine
+        similarity or L2. ``exclude_ids`` gives each query's own study id (or None) so that
+        training queries never retrieve themselves. Runs on the index's device; results
+        come back on the queries' device.
+        """
+        metric = metric or self.metric
+        _check_metric(metric)
+        if queries.ndim != 2 or queries.shape[1] != self.embeddings.shape[1]:
+            raise ValueError(f"queries must be [B, {self.embeddings.shape[1]}], got {tuple(queries.shape)}")
+        excluded = self._excluded(exclude_ids, queries.shape[0])
+        if not 1 <= k <= len(self) - excluded.shape[1]:
+            raise ValueError(f"k={k} is not in 1..{len(self) - excluded.shape[1]} for an index of {len(self)}")
+        x = queries.detach().to(self.embeddings.device, torch.float32)
+        with torch.no_grad():
+            # 2k candidates by the float32 proxy leave room for its rounding; exact distances decide.
+            candidates = self._candidates(x, metric, min(len(self), 2 * k + excluded.shape[1]))
+            distances = self._exact_distances(x, candidates, metric)
+            distances = distances.masked_fill((candidates.unsqueeze(-1) == excluded.unsqueeze(1)).any(-1), torch.inf)
+            distances, order = distances.topk(k, dim=-1, largest=False, sorted=True)
+            indices = candidates.gather(-1, order)
+        return distances.float().to(queries.device), indices.to(queries.device)
+
+    def report_embeddings(self, indices: Tensor) -> Tensor:
+        """One vector per report: the masked mean of its sentence embeddings, [..., D] float32."""
+        sentences, mask = self.gather(indices)
+        weights = mask.unsqueeze(-1).float()
+        return (sentences * weights).sum(-2) / weights.sum(-2).clamp_min(1)
+
+    def gather(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Sentence embeddings [..., S, D] float32 and mask [..., S] of the given references (the global prompt)."""
+        idx = indices.to(self.sentence_embeddings.device)
+        return self.sentence_embeddings[idx].float().to(indices.device), self.sentence_mask[idx].to(indices.device)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _DTYPES}
+        save_file(tensors, directory / TENSORS_FILE)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "curvature": self.curvature,
+            "metric": self.metric,
+            "shapes": {name: list(t.shape) for name, t in tensors.items()},
+            "study_ids": self.study_ids,
+            "texts": self.texts,
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | Path, *, texts_from: dict[str, str] | None = None) -> ReferenceIndex:
+        """Read and validate an index folder; ``texts_from`` (study id -> report text) replaces the stored texts.
+
+        Raises ``ValueError`` for anything missing, corrupt or incompatible.
+        """
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+            tensors = load_file(directory / TENSORS_FILE)
+        except (OSError, SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{directory} is not a readable reference index: {err}") from err
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            found = meta.get("format_version") if isinstance(meta, dict) else None
+            raise ValueError(f"{directory / META_FILE}: format version {found!r}, this code reads {FORMAT_VERSION}")
+        missing = {"curvature", "metric", "shapes", "study_ids", "texts"} - set(meta)
+        if missing:
+            raise ValueError(f"{directory / META_FILE} lacks {sorted(missing)}")
+        if not (isinstance(meta["shapes"], dict) and isinstance(meta["study_ids"], list)
+                and isinstance(meta["texts"], (list, type(None)))):
+            raise ValueError(f"{directory / META_FILE}: shapes must be an object, study_ids and texts lists")
+        if set(tensors) != set(_DTYPES):
+            raise ValueError(f"{directory / TENSORS_FILE} holds {sorted(tensors)}, expected {sorted(_DTYPES)}")
+        for name, dtype in _DTYPES.items():
+            if tensors[name].dtype != dtype:
+                raise ValueError(f"{directory / TENSORS_FILE}: {name} is {tensors[name].dtype}, expected {dtype}")
+            if list(tensors[name].shape) != meta["shapes"].get(name):
+                raise ValueError(
+                    f"{directory}: {name} has shape {list(tensors[name].shape)} but the json says "
+                    f"{meta['shapes'].get(name)}"
+                )
+        texts = meta["texts"] if texts_from is None else _texts_for(meta["study_ids"], texts_from)
+        return cls(**tensors, study_ids=meta["study_ids"], texts=texts, curvature=meta["curvature"], metric=meta["metric"])
+
+    def _validate(self) -> None:
+        n = len(self)
+        if self.embeddings.ndim != 2 or not torch.isfinite(self.embeddings).all():
+            raise ValueError(f"embeddings must be a finite [N, H] tensor, got shape {tuple(self.embeddings.shape)}")
+        if self.sentence_embeddings.ndim != 3 or self.sentence_embeddings.shape[0] != n:
+            raise ValueError(f"sentence_embeddings must be [{n}, S, D], got {tuple(self.sentence_embeddings.shape)}")
+        if self.sentence_mask.shape != self.sentence_embeddings.shape[:2]:
+            raise ValueError(
+                f"sentence_mask {tuple(self.sentence_mask.shape)} does not match "
+                f"sentence_embeddings {tuple(self.sentence_embeddings.shape)}"
+            )
+        if self.label_states.shape != (n, len(OBSERVATIONS)):
+            raise ValueError(f"label_states must be [{n}, {len(OBSERVATIONS)}], got {tuple(self.label_states.shape)}")
+        if n and not ((self.label_states >= 0) & (self.label_states < len(State))).all():
+            raise ValueError(f"label_states must hold State values 0..{len(State) - 1}")
+        if len(self.study_ids) != n or not all(isinstance(s, str) for s in self.study_ids):
+            raise ValueError(f"study_ids must be {n} strings, got {len(self.study_ids)} entries")
+        if self.texts is not None and (len(self.texts) != n or not all(isinstance(t, str) for t in self.texts)):
+            raise ValueError(f"texts must be None or {n} strings, got {len(self.texts)} entries")
+        if not isinstance(self.curvature, (int, float)) or not self.curvature > 0:
+            raise ValueError(f"curvature must be a positive number, got {self.curvature!r}")
+        _check_metric(self.metric)
+        if self.metric == "hyperbolic":
+            self._reference_terms("hyperbolic")  # checks that the points lie inside the ball
+
+    def _reference_terms(self, metric: str) -> tuple[Tensor, Tensor]:
+        """Per-reference (offset, scale) of the ranking proxy ``(offset - 2 x.y) * scale``, computed once.
+
+        hyperbolic: (||y||^2, 1 / (1 - c||y||^2)), plus ||x||^2 per query;
+        euclidean: (||y||^2, 1); cosine: (0, 1 / (2||y||)), i.e. -cos(x, y) * ||x||.
+        """
+        if metric not in self._norms:
+            sq = self.embeddings.square().sum(-1)
+            if metric == "hyperbolic":
+                room = 1 - self.curvature * sq
+                if (room <= 0).any():
+                    raise ValueError(f"embeddings lie outside the Poincaré ball of curvature {self.curvature}")
+                self._norms[metric] = sq, room.reciprocal()
+            elif metric == "euclidean":
+                self._norms[metric] = sq, torch.ones_like(sq)
+            else:
+                self._norms[metric] = torch.zeros_like(sq), (2 * sq.sqrt()).clamp_min(1e-12).reciprocal()
+        return self._norms[metric]
+
+    def _candidates(self, x: Tensor, metric: str, n: int) -> Tensor:
+        """Indices [B, n] of the n smallest proxy scores, scanning the index in chunks."""
+        offset, scale = self._reference_terms(metric)
+        query_term = x.square().sum(-1, keepdim=True) if metric == "hyperbolic" else 0.0
+        chunk = max(n, _CHUNK_ELEMENTS // max(1, x.shape[0]))
+        best_scores, best_indices = [], []
+        for start in range(0, len(self), chunk):
+            y = self.embeddings[start : start + chunk]
+            scores = (torch.addmm(offset[start : start + chunk], x, y.T, alpha=-2) + query_term) * scale[start : start + chunk]
+            top = scores.topk(min(n, y.shape[0]), dim=-1, largest=False)
+            best_scores.append(top.values)
+            best_indices.append(top.indices + start)
+        order = torch.cat(best_scores, -1).topk(n, dim=-1, largest=False).indices
+        return torch.cat(best_indices, -1).gather(-1, order)
+
+    def _exact_distances(self, x: Tensor, indices: Tensor, metric: str) -> Tensor:
+        """Distances in float64 between each query [B, H] and its references ``indices`` [B, n]."""
+        x, y = x.double().unsqueeze(1), self.embeddings[indices].double()
+        if metric == "hyperbolic":
+            return make_ball(self.curvature).to(x.device, torch.float64).dist(x, y)
+        if metric == "cosine":
+            return (1 - F.cosine_similarity(x, y, dim=-1)).clamp(0, 2)
+        return (x - y).norm(dim=-1)
+
+    def _excluded(self, exclude_ids: Sequence[str | None] | None, batch: int) -> Tensor:
+        """Index positions each query must not retrieve: [B, E] long, padded with -1."""
+        if exclude_ids is None:
+            return torch.empty(batch, 0, dtype=torch.long, device=self.embeddings.device)
+        if len(exclude_ids) != batch:
+            raise ValueError(f"exclude_ids has {len(exclude_ids)} entries for {batch} queries")
+        if self._positions is None:
+            self._positions = {}
+            for i, study_id in enumerate(self.study_ids):
+                self._positions.setdefault(study_id, []).append(i)
+        rows = [self._positions.get(s, []) if s is not None else [] for s in exclude_ids]
+        width = max(map(len, rows), default=0)
+        padded = [r + [-1] * (width - len(r)) for r in rows]
+        return torch.tensor(padded, dtype=torch.long, device=self.embeddings.device).reshape(batch, width)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+
+
+def _texts_for(study_ids: list[str], texts_from: dict[str, str]) -> list[str]:
+    missing = [s for s in study_ids if s not in texts_from]
+    if missing:
+        raise ValueError(f"texts_from lacks {len(missing)} of the index's study ids, e.g. {missing[:3]}")
+    return [texts_from[s] for s in study_ids]
