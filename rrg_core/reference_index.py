@@ -45,7 +45,10 @@ _CHUNK_ELEMENTS = 1 << 22  # query x reference scores held at once (16 MiB of fl
 
 @dataclass(eq=False)
 class ReferenceIndex:
-    """Training studies to retrieve from. Tensors are converted to the documented dtypes on construction."""
+    """Training studies to retrieve from. Tensors are converted to the documented dtypes on construction.
+
+    Treat an instance as immutable (use ``dataclasses.replace``): search caches per-reference norms.
+    """
 
     embeddings: Tensor  # [N, H] float32, LRE points on the Poincaré ball
     sentence_embeddings: Tensor  # [N, S, D] float16, text-encoder embeddings of each report's sentences (padded)
@@ -111,6 +114,7 @@ class ReferenceIndex:
         return self.sentence_embeddings[idx].float().to(indices.device), self.sentence_mask[idx].to(indices.device)
 
     def save(self, directory: str | Path) -> None:
+        """Write the folder that :meth:`load` reads; report texts go in only if this index holds them."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _DTYPES}

@@ -66,7 +66,7 @@ def log_sinkhorn(
         log_k = torch.where(valid, -cost.to(work) / epsilon, 0.0)
         log_a = -rows.sum(-1, keepdim=True).clamp_min(1).to(work).log()
         log_b = -cols.sum(-1, keepdim=True).clamp_min(1).to(work).log()
-        v = torch.where(cols, 0.0, masked)
+        v = torch.where(cols, 0.0, masked)  # u is first set by iteration 0 (max_iter >= 1)
         n_iter = max_iter
         for it in range(max_iter):
             row_lse = torch.logsumexp(log_k + v.unsqueeze(-2), dim=-1)

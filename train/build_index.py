@@ -1,0 +1,47 @@
+"""(Re)build a model folder's reference index from a dataset split.
+
+    python -m train.build_index --weights DIR --data DIR [--split train] [--no-texts] [--out DIR]
+
+Training already saves an index with the best weights; this is for re-indexing with other
+data (e.g. a larger training set) or dropping the report text before publishing weights
+trained on data whose reports may not be redistributed.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from rrg_core.datasets import load_split
+from rrg_core.indexing import build_index
+from rrg_core.pretrained import from_pretrained
+from rrg_core.study_dataset import StudyDataset, collate
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description="Build the reference index of a model folder.")
+    parser.add_argument("--weights", required=True, help="model folder (the index is written into it unless --out)")
+    parser.add_argument("--data", required=True, help="dataset folder in the R2Gen layout")
+    parser.add_argument("--split", default="train", choices=["train", "val", "test", "all"])
+    parser.add_argument("--dataset", default="iu_xray", choices=["iu_xray", "mimic_cxr"])
+    parser.add_argument("--no-texts", action="store_true", help="store embeddings, labels and ids but no report text")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default=None, help="write the index here instead of into the weights folder")
+    args = parser.parse_args(argv)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = from_pretrained(args.weights, device=device)
+    studies = load_split(args.data, args.split)
+    data = StudyDataset(studies, model.config, model.tokenizer, dataset=args.dataset)
+    batches = DataLoader(data, batch_size=args.batch_size, collate_fn=lambda items: collate(items, model.tokenizer.pad_token_id))
+    index = build_index(model, batches, keep_texts=not args.no_texts)
+    out = Path(args.out or args.weights)
+    index.save(out)
+    print(f"indexed {len(index)} studies from {args.data} [{args.split}] into {out} (texts {'kept' if index.texts else 'dropped'})")
+    return out
+
+
+if __name__ == "__main__":
+    main()
