@@ -1,7 +1,11 @@
-"""Tiny models and batches for the model tests: built in seconds, no files needed."""
+"""Tiny models, batches and datasets for the tests: built in seconds, nothing committed."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import torch
+from PIL import Image
 
 from rrg_core.config import REVTAFConfig
 from rrg_core.indexing import build_index
@@ -51,3 +55,35 @@ def tiny_model(seed: int = 0, **overrides) -> tuple[REVTAF, dict]:
     batch = tiny_batch(tokenizer, config)
     model.index = build_index(model, [batch])
     return model, batch
+
+
+LABELS = [
+    {"No Finding": 1},
+    {"Cardiomegaly": 1, "Consolidation": 0, "Pleural Effusion": 0},
+    {"Pleural Effusion": 1, "Cardiomegaly": 0, "Pneumothorax": 0},
+    {"Consolidation": -1, "Pneumonia": 1, "Pneumothorax": 0},
+    {"Support Devices": 1, "No Finding": 1},
+    {"Cardiomegaly": 1, "Edema": 1, "Pleural Effusion": 1},
+]
+
+
+def write_tiny_dataset(root, n_train=12, n_val=4, n_test=4, masks=False):
+    rng = np.random.default_rng(0)
+    splits = {"train": [], "val": [], "test": []}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for i in range(n):
+            sid = f"{split}{i}"
+            (root / "images" / sid).mkdir(parents=True)
+            k = i % len(REPORTS)
+            image = (rng.random((72, 72)) * 60 + 40 * k).astype(np.uint8)
+            Image.fromarray(image).save(root / "images" / sid / "0.png")
+            entry = {"id": sid, "report": REPORTS[k], "image_path": [f"{sid}/0.png"], "split": split, "labels": LABELS[k]}
+            if masks and LABELS[k].get("Pleural Effusion") == 1:
+                (root / "masks" / sid).mkdir(parents=True)
+                mask = np.zeros((72, 72), np.uint8)
+                mask[40:, :30] = 255
+                Image.fromarray(mask).save(root / "masks" / sid / "pleural_effusion_0.png")
+                entry["masks"] = {"Pleural Effusion": [f"{sid}/pleural_effusion_0.png"]}
+            splits[split].append(entry)
+    (root / "annotation.json").write_text(json.dumps(splits))
+    return root

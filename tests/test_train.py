@@ -3,46 +3,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from model_fixtures import REPORTS
-from PIL import Image
+from model_fixtures import write_tiny_dataset
 
 from train import evaluate as evaluate_cli
 from train.config import TrainConfig
 from train.fit import fit, lr_lambda, parse_overrides
-
-LABELS = [
-    {"No Finding": 1},
-    {"Cardiomegaly": 1, "Consolidation": 0, "Pleural Effusion": 0},
-    {"Pleural Effusion": 1, "Cardiomegaly": 0, "Pneumothorax": 0},
-    {"Consolidation": -1, "Pneumonia": 1, "Pneumothorax": 0},
-    {"Support Devices": 1, "No Finding": 1},
-    {"Cardiomegaly": 1, "Edema": 1, "Pleural Effusion": 1},
-]
-
-
-def write_tiny_dataset(root, n_train=12, n_val=4, n_test=4, masks=False):
-    rng = np.random.default_rng(0)
-    splits = {"train": [], "val": [], "test": []}
-    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        for i in range(n):
-            sid = f"{split}{i}"
-            (root / "images" / sid).mkdir(parents=True)
-            k = i % len(REPORTS)
-            image = (rng.random((72, 72)) * 60 + 40 * k).astype(np.uint8)
-            Image.fromarray(image).save(root / "images" / sid / "0.png")
-            entry = {"id": sid, "report": REPORTS[k], "image_path": [f"{sid}/0.png"], "split": split, "labels": LABELS[k]}
-            if masks and LABELS[k].get("Pleural Effusion") == 1:
-                (root / "masks" / sid).mkdir(parents=True)
-                mask = np.zeros((72, 72), np.uint8)
-                mask[40:, :30] = 255
-                Image.fromarray(mask).save(root / "masks" / sid / "pleural_effusion_0.png")
-                entry["masks"] = {"Pleural Effusion": [f"{sid}/pleural_effusion_0.png"]}
-            splits[split].append(entry)
-    (root / "annotation.json").write_text(json.dumps(splits))
-    return root
-
 
 def test_schedule_warms_up_then_decays_to_the_floor():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, warmup_start_lr=1e-6)
