@@ -43,6 +43,7 @@ POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 
 
 def _rx(pattern: str) -> re.Pattern[str]:
+    """Verbose regexes, so that long phrase lists can wrap; a literal space is written ``\\ ``."""
     return re.compile(pattern, re.VERBOSE)
 
 
@@ -64,8 +65,8 @@ _CONCEPTS: tuple[_Concept, ...] = (
         "Enlarged Cardiomediastinum",
         # "mediastinal" only where it describes the silhouette, not nodes, clips or granulomas
         _rx(r"""\b(?:cardio[ -]?)?mediastinum\b | \bpericardial\ silhouette | \bcontours?\b
-                | \b(?:cardio[ -]?)?mediastinal(?=\ (?:and\ \w+\ )?(?:silhouettes?|contours?|width|configuration|shadows?
-                                                       |structures?|margins?|size|appearance))"""),
+                | \b(?:cardio[ -]?)?mediastinal(?=\ (?:and\ \w+\ )?(?:silhouettes?|contours?|width|configuration
+                                                       |shadows?|structures?|margins?|size|appearance))"""),
         # CheXpert reads any contour as the cardiomediastinal one; not those of bones or hila.
         exclude=_rx(r"""\b(?:rib|clavic\w*|hilar|bony|osseous|diaphragm\w*|soft\ tissue)\ contours?
                         | \bcontours?\ (?:deformit\w*|irregularit\w*|abnormalit\w*)"""),
@@ -78,8 +79,8 @@ _CONCEPTS: tuple[_Concept, ...] = (
         _rx(r"""\bheart\b(?!\ failure) | \bcardiac\ (?:silhouettes?|size|shadows?|contours?|borders?|diameter)
                 | \bcardiac(?=\ and\ mediastinal)"""),
         # The heart as a landmark: "projected over the heart", "left heart border".
-        exclude=_rx(r"""\b(?:over(?:lying)?|behind|within|into|through|along|near|to)\ (?:the\ )?(?:left\ |right\ )?heart\b
-                        | \bheart\ (?:border|margin)s?"""),
+        exclude=_rx(r"""\b(?:over(?:lying)?|behind|within|into|through|along|near|to)\ (?:the\ )?(?:left\ |right\ )?
+                        heart\b | \bheart\ (?:border|margin)s?"""),
         needs_size=True,
     ),
     _Concept(
@@ -108,7 +109,9 @@ _CONCEPTS: tuple[_Concept, ...] = (
     _Concept(
         "Atelectasis",
         _rx(r"\batelecta\w* | \bcollapsed?\b"),
-        exclude=_rx(r"(?:vertebra\w*|compression|body|bodies)\W+(?:\w+\W+){0,3}collapsed? | collapsed?\W+(?:\w+\W+){0,3}vertebra\w*"),
+        # not a vertebral body's collapse
+        exclude=_rx(r"""(?:vertebra\w*|compression|body|bodies)\W+(?:\w+\W+){0,3}collapsed?
+                        | collapsed?\W+(?:\w+\W+){0,3}vertebra\w*"""),
     ),
     _Concept("Pneumothorax", _rx(r"pneumothora\w*")),
     _Concept(
@@ -156,32 +159,37 @@ _EXCLUDE = r"(?:exclude[sd]?|rule[sd]?\ out|ruled\ out)"
 # Linking verbs and the adverbs that may stand between a subject and its predicate.
 _COPULA = r"""(?:is|are|was|were|has\ been|have\ been|appears?|appear\ to\ be|to\ be|remains?|seems?|looks?
                |measures?|has\ become|became|has|have)\ """
-_ADVERBS = r"(?:(?:otherwise|now|again|still|also|overall|grossly|essentially|xxxx|\w+ly|stable\ and|near|at|on|of|the|a)\ ){0,3}"
+_ADVERBS = r"""(?:(?:otherwise|now|again|still|also|overall|grossly|essentially|xxxx|\w+ly|stable\ and
+                  |near|at|on|of|the|a)\ ){0,3}"""
 
 # Pre-negation uncertainty: checked first so that "not excluded" is not read as "not".
-_PRE_UNCERTAIN_BEFORE = _rx(rf"""\b(?:cannot|can\ not|could\ not|may\ not|does\ not|do\ not|not|difficult\ to|unable\ to)
-                                 \ (?:be\ )?(?:entirely\ |completely\ |totally\ |definitely\ )?{_EXCLUDE}""")
-_PRE_UNCERTAIN_AFTER = _rx(rf"""(?:{_COPULA})?(?:cannot|can\ not|could\ not|may\ not|not)\ (?:be\ )?(?:entirely\ |completely\ )?{_EXCLUDE}
-                                | not\ (?:well|clearly|fully|definitively|adequately)\ (?:seen|visualized|evaluated|assessed|identified)
+_PRE_UNCERTAIN_BEFORE = _rx(rf"""\b(?:cannot|can\ not|could\ not|may\ not|does\ not|do\ not|not|difficult\ to
+                                    |unable\ to)\ (?:be\ )?(?:entirely\ |completely\ |totally\ |definitely\ )?
+                                 {_EXCLUDE}""")
+_PRE_UNCERTAIN_AFTER = _rx(rf"""(?:{_COPULA})?(?:cannot|can\ not|could\ not|may\ not|not)\ (?:be\ )?
+                                (?:entirely\ |completely\ )?{_EXCLUDE}
+                                | not\ (?:well|clearly|fully|definitively|adequately)
+                                  \ (?:seen|visualized|evaluated|assessed|identified)
                                 | (?:poorly|incompletely)\ (?:seen|visualized|evaluated|assessed)""")
 # Negation before a mention reaches over the clause ("no focal consolidation, pleural
-# effusion, or pneumothorax"); "no (interval) change" says nothing about presence.
-_NEGATION_BEFORE = _rx(r"""\b(?:no|without)\b(?!\ (?:\w+\ )?change) | \bnot\b | \bnor\b | \bneither\b | \bfree\ of
+# effusion, or pneumothorax"); "no (interval) change / progression of" says nothing about presence.
+_NEGATION_BEFORE = _rx(r"""\b(?:no|without)\b(?!\ (?:\w+\ )?(?:change|progression|increase|growth|worsening)) | \bnot\b | \bnor\b | \bneither\b | \bfree\ of
                            | \bclear(?:ing)?\ of | \bnegative\ for | \babsence\ of | \bresolution\ of | \bresolved\b
                            | \bremoval\ of | \bremoved\b | \bhistory\ of | \brather\ than | \bexclude[sd]?\b""")
 # ... but "normal" only reaches over its own phrase ("normal heart size and mediastinal contours").
 _NEGATION_BEFORE_IN_PHRASE = _rx(r"\bnormal\b | \bunremarkable\b | \bclear\b")
 _NORMAL = r"""(?:normal|unremarkable|negative|absent|clear|(?:top|upper|high)[ -](?:limits?\ )?(?:of\ )?normal)\b"""
-_NEGATION_AFTER = _rx(rf"""(?:{_COPULA})?(?:not|no\ longer)\ (?:\w+ly\ )?(?:seen|identified|visualized|demonstrated|present
-                                                                 |evident|appreciated|noted|detected|apparent|visible
-                                                                 |enlarged|widened|increased)
+_NEGATION_AFTER = _rx(rf"""(?:{_COPULA})?(?:not|no\ longer)\ (?:\w+ly\ )?(?:seen|identified|visualized|demonstrated
+                                                                 |present|evident|appreciated|noted|detected|apparent
+                                                                 |visible|enlarged|widened|increased)
                           | (?:has|have)\ (?:\w+ly\ )?(?:resolved|cleared|been\ removed) | \bresolved\b | \bremoved\b
                           | (?:{_COPULA})?{_ADVERBS}within\ (?:the\ )?(?:normal|limits\ of\ normal)
                           | {_COPULA}{_ADVERBS}{_NORMAL}
-                          # without a verb, "normal" must end the phrase: "heart size normal", not "... and normal lungs"
+                          # without a verb "normal" must end the phrase: "heart size normal", not "... and normal lungs"
                           | {_ADVERBS}{_NORMAL}(?=\ *(?:$|[,;]|\b(?:and|in|for|with|without|size|limits)\b))""")
-_HEDGE_BEFORE = _rx(r"""\bpossibl[ey]\b | \bprobabl[ey]\b | \b(?:un)?likely\b | \bpresum\w* | \bsuspect\w* | \bsuspicio\w*
-                        | \bconcern\w* | \bworrisome\b | \bquestion\w* | \bmay\b | \bmight\b | \bcould\b | \bsuggest\w*
+_HEDGE_BEFORE = _rx(r"""\bpossibl[ey]\b | \bprobabl[ey]\b | \b(?:un)?likely\b | \bpresum\w* | \bsuspect\w*
+                        | \bsuspicio\w* | \bconcern\w* | \bworrisome\b | \bquestion\w* | \bmay\b | \bmight\b
+                        | \bcould\b | \bsuggest\w*
                         | \bconsider(?:ed)?\b | \bfavou?r\w* | \bdifferential\b | \bversus\b | \bvs\b | \bborderline\b
                         | \bequivocal\b | (?<!age-)(?<!age\ )\bindeterminate\b | \bcannot\ (?:differentiate|distinguish)
                         | \bpotential\w* | \buncertain\b""")
@@ -194,15 +202,15 @@ _ALTERNATIVE_AFTER = _rx(r"^\ ?(?:\w+\ )?(?:and/)?(?:or|versus|vs)\b")
 # A subject between a mention and its predicate holds no predicate of its own and no new
 # clause: "the heart size and pulmonary vascularity appear ..." but not
 # "heart enlarged, pulmonary vascularity within normal limits".
-_NOT_IN_SUBJECT = _rx(r"""\b(?:is|are|was|were|be|been|has|have|had|appears?|seems?|remains?|shows?|demonstrates?|measur\w*
-                            |enlarg\w*|widen\w*|prominen\w*|increased|decreased|present|seen|noted|identified
+_NOT_IN_SUBJECT = _rx(r"""\b(?:is|are|was|were|be|been|has|have|had|appears?|seems?|remains?|shows?|demonstrates?
+                            |measur\w*|enlarg\w*|widen\w*|prominen\w*|increased|decreased|present|seen|noted|identified
                             |which|that|who)\b
                           | ,\ *(?:the|a|an|there|this|these|it|which|with)\b""")
 _MAX_SUBJECT_WORDS = 10
 
 # Size statements that make a heart or mediastinum mention count.
 # ("stable", "unchanged" say nothing about size.)
-_SIZE_ABNORMAL = _rx(r"\benlarg\w* | \bwide\w* | \bprominen\w* | \bincrease[sd]?\b | \blarge\b | \bbig\b | \bborderline\b")
+_SIZE_ABNORMAL = _rx(r"\benlarg\w* | \bwide\w* | \bprominen\w* | \bincrease[sd]?\b | \b(?:large|big|borderline)\b")
 
 
 def _clause_bounds(sentence: str, start: int, end: int, breaks: re.Pattern[str]) -> tuple[int, int]:

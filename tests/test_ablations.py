@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from model_fixtures import write_tiny_dataset
+
+from rrg_core.observations import OBSERVATIONS
+from train.ablations import VARIANTS, mean_std, report, run_variant
+from train.config import TrainConfig
+
+
+def fake_result(f1: float) -> dict:
+    block = {"precision": f1, "recall": f1, "f1": f1}
+    return {
+        "paper": {c: f1 for c in ("B1", "B2", "B3", "B4", "METEOR", "ROUGE-L", "P", "R", "F1", "avg")},
+        "ce": {"micro": block, "head": block, "tail": block, "per_class": {o: {"f1": f1} for o in OBSERVATIONS}},
+        "retrieval": {"precision_at_1": f1, "hamming": 1.0},
+    }
+
+
+def test_mean_std_uses_the_sample_std():
+    assert mean_std([0.1, 0.3]) == "0.200 ± 0.141"
+    assert mean_std([0.5]) == "0.500 ± 0.000"
+
+
+def test_report_has_every_table_and_the_head_tail_figure():
+    results = {name: [fake_result(0.1 * (i + 1)), fake_result(0.1 * (i + 2))] for i, name in enumerate(VARIANTS)}
+    text = report(results, "python -m train.ablations --out x.md", "T")
+    for heading in ("Table 1: components", "Table 2: retrieval metric", "Table 3: attention", "Figure 3"):
+        assert heading in text
+    assert "| baseline (PromptMRG-like) | 0.150 ± 0.071" in text
+    assert "| Fracture | tail |" in text and "**head (micro)**" in text
+    assert "python -m train.ablations --out x.md" in text
+
+
+@pytest.mark.slow
+def test_a_variant_trains_evaluates_and_is_reused(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data")
+    base = TrainConfig(data=str(data), preset="tiny", vocab_size=200, epochs=1, batch_size=4, warmup_steps=1)
+    first = run_variant(base, "+LRE", 0, tmp_path / "runs", test_limit=2)
+    assert first["n"] == 2
+    saved = tmp_path / "runs" / "lre" / "seed0"
+    config = json.loads((saved / "best" / "config.json").read_text())
+    assert config["use_lre"] is True and config["use_fvtaf"] is False
+    (saved / "results.json").write_text(json.dumps({**first, "n": -1}))
+    assert run_variant(base, "+LRE", 0, tmp_path / "runs", test_limit=2)["n"] == -1

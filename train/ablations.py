@@ -1,0 +1,126 @@
+"""Ablations of the paper's supplementary Tables 1-3 and Figure 3, at small scale.
+
+    python -m train.ablations --config synthcxr-ablation --seeds 0 1 2 --out docs/ablations-synthcxr.md
+
+Every variant is trained with ``train.fit`` and evaluated with ``rrg_core.evaluation`` on the
+test split, once per seed; the Markdown report gives mean +- std over seeds. Finished runs
+(``results.json`` present) are reused, so an interrupted ablation continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rrg_core.datasets import load_split
+from rrg_core.evaluation import evaluate
+from rrg_core.metrics import PAPER_COLUMNS
+from rrg_core.observations import HEAD, TAIL
+from rrg_core.pretrained import from_pretrained
+
+from .config import TrainConfig
+from .fit import fit, resolve_data
+
+VARIANTS: dict[str, dict] = {
+    "baseline (PromptMRG-like)": {"use_lre": False, "use_fvtaf": False},
+    "+LRE": {"use_lre": True, "use_fvtaf": False},
+    "+FVTAF": {"use_lre": False, "use_fvtaf": True},
+    "REVTAF (LRE + FVTAF)": {},
+    "REVTAF, cosine retrieval": {"retrieval_metric": "cosine"},
+    "REVTAF, euclidean retrieval": {"retrieval_metric": "euclidean"},
+    "REVTAF, softmax cross-attention": {"use_mpsa": False},
+}
+TABLES = {
+    "Table 1: components": ["baseline (PromptMRG-like)", "+LRE", "+FVTAF", "REVTAF (LRE + FVTAF)"],
+    "Table 2: retrieval metric": ["REVTAF (LRE + FVTAF)", "REVTAF, cosine retrieval", "REVTAF, euclidean retrieval"],
+    "Table 3: attention": ["REVTAF (LRE + FVTAF)", "REVTAF, softmax cross-attention"],
+}
+FIGURE3 = {"baseline": "baseline (PromptMRG-like)", "REVTAF": "REVTAF (LRE + FVTAF)", "REVTAF w/o LRE": "+FVTAF"}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def run_variant(base: TrainConfig, name: str, seed: int, root: Path, test_limit: int | None) -> dict:
+    out = root / slug(name) / f"seed{seed}"
+    done = out / "results.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    cfg = TrainConfig(**{**base.to_dict(), "seed": seed, "out_dir": str(out), "model": {**base.model, **VARIANTS[name]}})
+    torch.manual_seed(seed)
+    best = fit(cfg)
+    model = from_pretrained(best)
+    studies = load_split(resolve_data(cfg), "test")[:test_limit]
+    result = evaluate(model, studies, dataset=cfg.dataset, progress=False)
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def mean_std(values: list[float]) -> str:
+    a = np.asarray(values, dtype=float)
+    return f"{a.mean():.3f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.3f}"
+
+
+def report(results: dict[str, list[dict]], command: str, title: str) -> str:
+    columns = [*PAPER_COLUMNS, "avg"]
+    lines = [f"# {title}", "", "Reproduce with:", "", "```bash", command, "```", "",
+             f"Mean ± sample std over {len(next(iter(results.values())))} seeds; P/R/F1 example-based "
+             "(as the paper); CE labels from rrg_core.label_report.", ""]
+    extra = ["CE micro-F1", "retrieval P@1", "Hamming", "pointing game"]
+    for table, names in TABLES.items():
+        lines += [f"## {table}", "", "| variant | " + " | ".join(columns + extra) + " |",
+                  "| --- |" + " --- |" * (len(columns) + len(extra))]
+        for name in names:
+            runs = results.get(name)
+            if not runs:
+                continue
+            cells = [mean_std([r["paper"][c] for r in runs]) for c in columns]
+            cells.append(mean_std([r["ce"]["micro"]["f1"] for r in runs]))
+            cells.append(mean_std([r["retrieval"]["precision_at_1"] for r in runs]))
+            cells.append(mean_std([r["retrieval"]["hamming"] for r in runs]))
+            grounded = [r["grounding"]["overall"]["pointing_game"] for r in runs if "grounding" in r]
+            cells.append(mean_std(grounded) if grounded else "-")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Figure 3: per-class F1, head vs tail", "",
+              "| class | group | " + " | ".join(FIGURE3) + " |", "| --- | --- |" + " --- |" * len(FIGURE3)]
+    for group, classes in (("head", HEAD), ("tail", TAIL)):
+        for c in classes:
+            cells = [mean_std([r["ce"]["per_class"][c]["f1"] for r in results[v]]) if results.get(v) else "-"
+                     for v in FIGURE3.values()]
+            lines.append(f"| {c} | {group} | " + " | ".join(cells) + " |")
+        cells = [mean_std([r["ce"][group]["f1"] for r in results[v]]) if results.get(v) else "-" for v in FIGURE3.values()]
+        lines.append(f"| **{group} (micro)** | {group} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description="Run the REVTAF ablations and write a Markdown report.")
+    parser.add_argument("--config", default="synthcxr-ablation")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
+    parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--runs", default="runs/ablations", help="folder of the per-variant runs")
+    parser.add_argument("--out", required=True, help="Markdown file to write (e.g. docs/ablations-synthcxr.md)")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+
+    base = TrainConfig.load(args.config)
+    root = Path(args.runs) / Path(args.config).stem
+    results = {name: [run_variant(base, name, s, root, args.test_limit) for s in args.seeds] for name in args.variants}
+    command = "python -m train.ablations " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    text = report(results, command, args.title or f"Ablations on {base.data} ({Path(args.config).stem})")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
