@@ -60,6 +60,9 @@ def hamming_targets(states: Tensor) -> Tensor:
 class LearnableRetrievalEnhancer(nn.Module):
     def __init__(self, config: REVTAFConfig) -> None:
         super().__init__()
+        # Scores enter as layer-normalised logits: sigmoid probabilities saturate as soon as
+        # the entity loss is learnt, and then no ranking gradient reaches the scores.
+        self.normalize = nn.LayerNorm(len(config.prompts))
         self.encoder = HyperbolicEncoder(
             len(config.prompts),
             config.hyperbolic_hidden,
@@ -74,7 +77,7 @@ class LearnableRetrievalEnhancer(nn.Module):
 
     def forward(self, entity_logits: Tensor) -> Tensor:
         """[B, K] entity logits -> [B, H] points on the Poincare ball."""
-        return self.encoder(torch.sigmoid(entity_logits))
+        return self.encoder(self.normalize(entity_logits))
 
     def ranking_loss(self, embeddings: Tensor, states: Tensor) -> Tensor:
         """Cross-entropy over negative hyperbolic distances to the other batch samples, with the
