@@ -1,0 +1,76 @@
+"""Parameter counts and CPU forward / generate times per preset.
+
+    python -m benchmarks.bench_model [--presets tiny small paper] [--batch 8] [--threads 2]
+
+The paper preset is built with random weights and the same architecture (no Hub download):
+ResNet-101, a 12-layer 768-wide text encoder and decoder, d_model 1024.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from rrg_core.config import REVTAFConfig
+from rrg_core.indexing import build_index
+from rrg_core.model import REVTAF
+from rrg_core.tokenizer import train_tokenizer
+
+TEXT = [
+    "the heart is normal in size . the lungs are clear . no pleural effusion or pneumothorax .",
+    "mild cardiomegaly . small left pleural effusion . no focal consolidation .",
+]
+
+
+def batch_for(config: REVTAFConfig, tokenizer, n: int) -> dict:
+    reports = [TEXT[i % 2] for i in range(n)]
+    enc = tokenizer(reports, add_special_tokens=False, padding=True, return_tensors="pt")
+    states = torch.randint(0, 4, (n, 14))
+    return {"images": torch.randn(n, config.n_views, 1, config.image_size, config.image_size),
+            "report_ids": enc["input_ids"], "report_mask": enc["attention_mask"], "states": states,
+            "study_ids": [f"s{i}" for i in range(n)], "reports": reports}
+
+
+def timed(fn, repeats: int = 2) -> float:
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=60, help="generated tokens per report (forced)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tokenizer = train_tokenizer(TEXT * 5, vocab_size=300, min_frequency=1)
+    print(f"| preset | parameters | train step (fwd+bwd), batch {args.batch} | generate, batch {args.batch}, "
+          f"beam 3, {args.tokens} tokens |\n| --- | --- | --- | --- |")
+    for name in args.presets:
+        config = REVTAFConfig.preset(name, vocab_size=len(tokenizer), backbone_hub_id=None, text_hub_id=None,
+                                     decoder_hub_id=None, top_k=3)
+        torch.manual_seed(0)
+        model = REVTAF(config, tokenizer)
+        batch = batch_for(config, tokenizer, args.batch)
+        model.index = build_index(model, [batch])
+        params = sum(p.numel() for p in model.parameters())
+
+        def step():
+            model.zero_grad()
+            model(batch)["loss"].backward()
+
+        train_s = timed(step, repeats=1 if name == "paper" else 2)
+        model.eval()
+        tokens = min(args.tokens, config.max_report_tokens)
+        gen_s = timed(lambda: model.generate(batch["images"], num_beams=3, min_new_tokens=tokens,
+                                             max_new_tokens=tokens), repeats=1)
+        print(f"| {name} | {params / 1e6:.1f} M | {train_s:.2f} s | {gen_s:.2f} s |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
