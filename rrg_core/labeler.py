@@ -197,7 +197,9 @@ _HEDGE_BEFORE = _rx(r"""\bpossibl[ey]\b | \bprobabl[ey]\b | \b(?:un)?likely\b | 
 _HEDGE_BEFORE_IN_PHRASE = _rx(r"\bor\b")
 _HEDGE_AFTER = _rx(rf"""{_COPULA}(?:\w+ly\ )?(?:possible|likely|suspected|questioned|probable|favou?red|considered
                                               |uncertain|equivocal|questionable|borderline)
-                       | (?:may|might|could|can)\ (?:also\ )?be\ (?:present|seen|noted|identified)""")
+                       | (?:may|might|could|can)\ (?:also\ )?be\ (?:present|seen|noted|identified)
+                       # "the heart may be mildly enlarged", "heart size is possibly enlarged"
+                       | (?:may|might|could)\ (?:also\ )?be\b | (?:{_COPULA})?(?:possibly|probably|questionably)\b""")
 _ALTERNATIVE_AFTER = _rx(r"^\ ?(?:\w+\ )?(?:and/)?(?:or|versus|vs)\b")
 # A subject between a mention and its predicate holds no predicate of its own and no new
 # clause: "the heart size and pulmonary vascularity appear ..." but not

@@ -49,6 +49,10 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("Widened mediastinum.", {"Enlarged Cardiomediastinum": 1}),
     ("The cardiac silhouette is mildly enlarged.", {"Cardiomegaly": 1}),
     ("Borderline cardiomegaly.", {"Cardiomegaly": -1}),
+    # hedges after the mention
+    ("The heart may be mildly enlarged.", {"Cardiomegaly": -1}),
+    ("The mediastinum may be widened.", {"Enlarged Cardiomediastinum": -1}),
+    ("Heart size is possibly enlarged.", {"Cardiomegaly": -1}),
     ("Heart size is borderline.", {"Cardiomegaly": -1}),
     # negation scope over a coordinated list
     ("No pneumothorax or pleural effusion.", {"Pneumothorax": 0, "Pleural Effusion": 0, "No Finding": 1}),
