@@ -1,0 +1,204 @@
+"""Thin glue between the page and :mod:`rrg_core`: which weights to load, one request, and the
+temporary files a request leaves behind.
+
+Nothing here knows about Gradio, so the same calls serve the UI, the API endpoint and the tests.
+Nothing identifying is kept: file names are not recorded, and the download files written here
+are deleted once they are older than ``OUTBOX_MAX_AGE_S`` (Gradio has copied them into its own
+cache by then, which ``delete_cache`` on the page empties) and when the process exits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard
+
+from rrg_core.datasets import load_split
+from rrg_core.hub import WeightsUnavailable, resolve_weights
+from rrg_core.model import REVTAF
+from rrg_core.outputs import Report
+from rrg_core.pretrained import DEFAULT_WEIGHTS, from_pretrained
+from rrg_core.xray_io import UnreadableImage, XRay, read_xray
+
+DISCLAIMER = "Research use only — not for diagnosis."
+OUTBOX_MAX_AGE_S = 120
+CARD_CHARS = 400
+# What can go wrong while loading weights and reference data; each carries one clear sentence.
+STARTUP_ERRORS = (WeightsUnavailable, ValueError, FileNotFoundError)
+
+MISSING_TEXTS = (
+    "These weights ship their reference index without report texts (the training reports may not "
+    "be redistributed), so references show study ids, label states and distances only. Start the "
+    "demo with `--reference-data DIR` (the training dataset folder) to show the texts."
+)
+NO_FRONTAL = "Upload a frontal chest X-ray first (PNG, JPEG or DICOM)."
+EXPIRED = "The uploaded file is no longer on the server (uploads are deleted after a few minutes); upload it again."
+
+
+@dataclass
+class LoadedModel:
+    """A ready model with what the page says about it."""
+
+    model: REVTAF
+    weights_id: str
+    card: str  # markdown: what the weights are and what they were trained on
+    texts_note: str | None  # why reference texts are missing; None when they are shown
+
+
+@dataclass
+class Result:
+    """One generated report with the views it was read from."""
+
+    report: Report
+    views: list[XRay]
+    weights_id: str
+    generated_at: str  # ISO 8601, UTC
+    notes: list[str]  # how the uploaded views were used
+
+
+def load(weights: str | None = None, reference_data: str | os.PathLike | None = None) -> LoadedModel:
+    """Resolve ``weights`` (None = embedded default, a folder, or ``ORG/REPO[@REVISION]``) and load
+    them, attaching report texts from ``reference_data`` (a dataset folder) when given.
+
+    Raises one of STARTUP_ERRORS with a sentence fit for the terminal.
+    """
+    folder = resolve_weights(weights if weights is not None else DEFAULT_WEIGHTS)
+    texts = None
+    if reference_data is not None:
+        texts = {study.study_id: study.report for study in load_split(reference_data, "all")}
+    model = from_pretrained(folder, texts_from=texts)
+    has_texts = model.index is not None and model.index.texts is not None
+    return LoadedModel(
+        model=model,
+        weights_id=_weights_id(weights, folder),
+        card=model_card_summary(folder),
+        texts_note=None if has_texts else MISSING_TEXTS,
+    )
+
+
+def _weights_id(spec: str | None, folder: Path) -> str:
+    if spec is None:
+        return f"embedded default ({DEFAULT_WEIGHTS.relative_to(DEFAULT_WEIGHTS.parents[2])})"
+    if Path(spec).is_dir():
+        return str(spec)
+    return f"{spec} (snapshot {folder.name[:12]})"  # Hub snapshots are named by commit
+
+
+def model_card_summary(folder: str | os.PathLike) -> str:
+    """Markdown from the folder's README.md: its first paragraph and what the weights were trained on
+    (a "Training data" section or paragraph, else the front matter's ``datasets``)."""
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        return "no model card"
+    card = ModelCard.load(path, ignore_metadata_errors=True)
+    paragraphs = [p.strip() for p in card.text.split("\n\n") if p.strip()]
+    prose = [p for p in paragraphs if not p.startswith("#") and not _is_training_label(p)]
+    parts = [_shorten(prose[0])] if prose else []
+    training = _training_data(paragraphs) or ", ".join(map(str, card.data.to_dict().get("datasets") or []))
+    if training:
+        parts.append(f"**Training data:** {_shorten(training)}")
+    return "\n\n".join(parts) or "no model card"
+
+
+def _is_training_label(text: str) -> bool:
+    return text.lstrip("#*_ ").lower().startswith("training data")
+
+
+def _shorten(text: str) -> str:
+    return textwrap.shorten(text, CARD_CHARS, placeholder=" …")  # also joins lines
+
+
+def _training_data(paragraphs: list[str]) -> str | None:
+    """The text after a "Training data" heading, or the paragraph that starts with those words."""
+    for i, paragraph in enumerate(paragraphs):
+        first, _, rest = paragraph.partition("\n")
+        if not _is_training_label(first):
+            continue
+        if first.startswith("#"):
+            return rest.strip() or (paragraphs[i + 1] if i + 1 < len(paragraphs) else None)
+        return paragraph.lstrip("#*_ ")[len("training data"):].lstrip("*_:—- ") or None
+    return None
+
+
+def read_views(frontal: str | os.PathLike | None, lateral: str | os.PathLike | None = None) -> list[XRay]:
+    """The uploaded views, frontal first; UnreadableImage names the view that failed."""
+    if not frontal:
+        raise UnreadableImage(NO_FRONTAL)
+    return [read_view(frontal, "Frontal"), *([read_view(lateral, "Lateral")] if lateral else [])]
+
+
+def read_view(path: str | os.PathLike, name: str) -> XRay:
+    """One uploaded view; the refusal starts with the view's ``name``."""
+    if not Path(path).exists():
+        raise UnreadableImage(EXPIRED)
+    try:
+        return read_xray(path)
+    except UnreadableImage as err:
+        raise UnreadableImage(f"{name} view: {err}") from err
+
+
+def generate(loaded: LoadedModel, views: list[XRay], *, beams: int, max_length: int) -> Result:
+    """Draft a report for one study (1 or 2 views)."""
+    n_views = loaded.model.config.n_views
+    notes = []
+    if len(views) > n_views:
+        notes.append("These weights read one view: the lateral view was not used.")
+    elif len(views) < n_views:
+        notes.append("These weights read two views: the frontal view was read for both.")
+    report = loaded.model.generate_from_xrays([views], num_beams=int(beams), max_new_tokens=int(max_length))[0]
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return Result(report, views, loaded.weights_id, stamp, notes)
+
+
+def export_payload(result: Result, text: str) -> dict[str, Any]:
+    """The .json download: the (possibly edited) report, the draft, findings, references, provenance."""
+    return {
+        **result.report.to_dict(),
+        "report": text,
+        "draft": result.report.text,
+        "edited": text != result.report.text,
+        "weights": result.weights_id,
+        "generated_at": result.generated_at,
+        "notice": DISCLAIMER,
+    }
+
+
+class Outbox:
+    """A private temporary folder for download files, pruned by age and removed at exit."""
+
+    def __init__(self, max_age_s: float = OUTBOX_MAX_AGE_S) -> None:
+        self._root = tempfile.TemporaryDirectory(prefix="rrg-demo-")  # its finalizer removes it at exit
+        self.max_age_s = max_age_s
+
+    @property
+    def root(self) -> Path:
+        return Path(self._root.name)
+
+    def export(self, result: Result, text: str) -> tuple[Path, Path]:
+        """Write the .txt and .json downloads of one report; returns their paths."""
+        self.prune()
+        folder = Path(tempfile.mkdtemp(dir=self.root))
+        stem = "rrg-report-" + result.generated_at.replace(":", "").replace("+0000", "Z")
+        txt, js = folder / f"{stem}.txt", folder / f"{stem}.json"
+        txt.write_text(f"{DISCLAIMER} Weights: {result.weights_id}. Generated {result.generated_at}.\n\n{text}\n", "utf-8")
+        js.write_text(json.dumps(export_payload(result, text), indent=2, ensure_ascii=False), "utf-8")
+        return txt, js
+
+    def prune(self) -> None:
+        """Delete request folders older than ``max_age_s``."""
+        cutoff = time.time() - self.max_age_s
+        for folder in self.root.iterdir():
+            try:
+                expired = folder.stat().st_mtime < cutoff
+            except FileNotFoundError:  # pruned by a concurrent request
+                continue
+            if expired:
+                shutil.rmtree(folder, ignore_errors=True)

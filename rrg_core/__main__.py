@@ -1,0 +1,97 @@
+"""Command line: draft reports for X-ray files in a batch.
+
+    python -m rrg_core report FILE... [--weights ORG/REPO[@REV] | FOLDER] [--reference-data DIR]
+                                      [--json] [--beams N] [--max-length N]
+
+Each file is one study (one view). With ``--json`` each file gives one line holding a JSON object
+{"file", "report", "findings", "references", "error"}; otherwise a short readable block. A file
+that cannot be read gets its ``error`` and the others still run: the exit code is non-zero only
+for usage errors (bad options, weights that cannot be loaded).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .observations import STATE_NAMES, State
+
+TEXT_REFERENCES = 3
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rrg_core", description="REVTAF radiology report generation.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    report = commands.add_parser("report", help="draft a report for each X-ray file (PNG, JPEG, TIFF, BMP, WebP, DICOM)")
+    report.add_argument("files", nargs="+", metavar="FILE")
+    report.add_argument("--weights", help="ORG/REPO[@REVISION] on the Hugging Face Hub or a local folder "
+                                          "(default: the embedded SynthCXR weights)")
+    report.add_argument("--reference-data", metavar="DIR", help="dataset folder that supplies the references' report texts")
+    report.add_argument("--json", action="store_true", help="one JSON object per line and file")
+    report.add_argument("--beams", type=_positive_int, help="beam size (default: the weights' config)")
+    report.add_argument("--max-length", type=_positive_int, help="maximum new tokens (default: the weights' config)")
+    return parser
+
+
+def report_file(model, path: str, *, beams: int | None = None, max_length: int | None = None) -> dict[str, Any]:
+    """One file's record; an unreadable file gets ``error`` and empty results."""
+    from .xray_io import UnreadableImage, read_xray
+
+    try:
+        xray = read_xray(path)
+    except UnreadableImage as err:
+        return {"file": path, "report": None, "findings": [], "references": [], "error": str(err)}
+    report = model.generate_from_xrays([xray], num_beams=beams, max_new_tokens=max_length)[0]
+    return {"file": path, **report.to_dict(), "error": None}
+
+
+def format_text(record: dict[str, Any]) -> str:
+    """The readable form of one record."""
+    lines = [record["file"]]
+    if record["error"]:
+        return "\n".join([*lines, f"  error: {record['error']}", ""])
+    flagged = [f for f in record["findings"] if f["state"] in (STATE_NAMES[State.POSITIVE], STATE_NAMES[State.UNCERTAIN])]
+    findings = "; ".join(f"{f['observation']} {f['state']} (P(positive) {f['p_positive']:.2f})" for f in flagged)
+    references = ", ".join(
+        f"{r['study_id']} ({r['distance']:.4f}{', global prompt' if r['is_global_prompt'] else ''})"
+        for r in record["references"][:TEXT_REFERENCES]
+    )
+    lines += [
+        f"  report: {record['report']}",
+        f"  findings: {findings or 'none predicted positive or uncertain'}",
+        f"  nearest references: {references or 'none'}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .datasets import load_split
+    from .hub import WeightsUnavailable
+    from .pretrained import load_model
+
+    try:
+        texts = None
+        if args.reference_data:
+            texts = {study.study_id: study.report for study in load_split(args.reference_data, "all")}
+        model = load_model(args.weights, texts_from=texts)
+    except (WeightsUnavailable, ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    for path in args.files:
+        record = report_file(model, path, beams=args.beams, max_length=args.max_length)
+        print(json.dumps(record, ensure_ascii=False) if args.json else format_text(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The batch CLI: python -m rrg_core report FILE... (tiny model weights saved to a folder)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_fixtures import tiny_model
+from PIL import Image
+
+from rrg_core.__main__ import main
+from rrg_core.observations import OBSERVATIONS
+from rrg_core.pretrained import from_pretrained
+from rrg_core.xray_io import read_xray
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("weights")
+    tiny_model()[0].save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("xrays")
+    y, x = np.mgrid[:160, :140]
+    Image.fromarray((127 + 120 * np.sin(x / 9.0) * np.cos(y / 13.0)).astype(np.uint8)).save(folder / "chest.png")
+    Image.fromarray((255 * (x > 70)).astype(np.uint8)).save(folder / "second.jpg")
+    (folder / "notes.png").write_text("this is a text file with a .png name")
+    return {p.stem: p for p in folder.iterdir()}
+
+
+def _read_error(path: Path) -> str:
+    try:
+        read_xray(path)
+    except ValueError as err:
+        return str(err)
+    raise AssertionError(f"{path} should be unreadable")
+
+
+def _records(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_json_has_one_record_per_file_and_a_bad_file_does_not_stop_the_rest(weights, files, capsys):
+    paths = [str(files["chest"]), str(files["notes"]), str(files["second"])]
+    assert main(["report", *paths, "--weights", str(weights), "--json", "--beams", "2", "--max-length", "12"]) == 0
+    records = _records(capsys)
+    assert [r["file"] for r in records] == paths
+    assert all(list(r) == ["file", "report", "findings", "references", "error"] for r in records)
+
+    bad = records[1]
+    assert bad["error"].startswith("This is a text file, not an image")
+    assert (bad["report"], bad["findings"], bad["references"]) == (None, [], [])
+
+    # The same numbers as the library gives for the same file and options.
+    model = from_pretrained(weights)
+    expected = model.generate_from_xrays([read_xray(files["chest"])], num_beams=2, max_new_tokens=12)[0].to_dict()
+    good = records[0]
+    assert good["error"] is None
+    assert good["report"] == expected["report"] and good["report"]
+    assert [f["observation"] for f in good["findings"]] == [f["observation"] for f in expected["findings"]]
+    assert sorted(f["observation"] for f in good["findings"]) == sorted(OBSERVATIONS)
+    assert [r["study_id"] for r in good["references"]] == [r["study_id"] for r in expected["references"]]
+    assert good["references"][0]["is_global_prompt"] and good["references"][0]["text"]
+    distances = [r["distance"] for r in good["references"]]
+    assert distances == sorted(distances) and len(distances) == model.config.top_k
+
+
+def test_text_form_is_readable(weights, files, capsys):
+    assert main(["report", str(files["chest"]), str(files["notes"]), "--weights", str(weights), "--max-length", "8"]) == 0
+    out = capsys.readouterr().out
+    chest, notes = out.split("\n\n")[:2]
+    lines = chest.splitlines()
+    assert lines[0] == str(files["chest"])
+    assert lines[1].startswith("  report: ") and lines[2].startswith("  findings: ")
+    assert "global prompt" in lines[3]
+    assert notes.splitlines() == [str(files["notes"]), "  error: " + _read_error(files["notes"])]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["report"], "the following arguments are required: FILE"),
+        (["report", "x.png", "--beams", "0"], "must be at least 1"),
+        (["summarise", "x.png"], "invalid choice"),
+        (["report", "x.png", "--weights", "/nonexistent/weights"], "weights folder /nonexistent/weights does not exist"),
+        (["report", "x.png", "--weights", "nobody/nothing@v1"], "cannot download weights nobody/nothing@v1"),  # offline
+    ],
+)
+def test_usage_errors_exit_with_code_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_module_entry_point(weights, files):
+    run = subprocess.run([sys.executable, "-m", "rrg_core", "report", str(files["notes"]), str(files["chest"]),
+                          "--weights", str(weights), "--json", "--max-length", "6"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert [json.loads(line)["error"] is None for line in run.stdout.splitlines()] == [False, True]

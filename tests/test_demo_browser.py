@@ -1,0 +1,122 @@
+"""A real browser on the demo: Playwright driving Debian's chromium against `python app.py`.
+
+Screenshots go to /tmp/demo_shots/ (never the repository) for a person to look at.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from model_fixtures import REPORTS
+from playwright.sync_api import expect, sync_playwright
+from test_demo_e2e import reference_data, server, weights  # noqa: F401  (fixtures: the server under test)
+
+from demo import rendering
+from demo.ui import EXAMPLES_DIR
+from rrg_core.pretrained import from_pretrained
+from rrg_core.xray_io import read_xray
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+SHOTS = Path("/tmp/demo_shots")
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def page(server):  # noqa: F811
+    if not CHROMIUM.is_file():  # CI installs it (.ci/run), so there a missing browser is a failure
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server[0])
+        yield page
+        browser.close()
+
+
+def _upload(page, path: Path) -> None:
+    """Put a file into the frontal view slot, replacing what is there."""
+    clear = page.locator("#frontal").get_by_role("button", name="Clear")
+    if clear.count():
+        clear.click()
+    page.locator("#frontal input[type=file]").set_input_files(str(path))
+
+
+def test_upload_generate_and_see_report_references_and_heatmap(page, weights):  # noqa: F811
+    expect(page.locator("#notice")).to_contain_text("Research use only — not for diagnosis")
+    expect(page.locator("#weights")).to_contain_text("Tiny test weights.")
+    example = EXAMPLES_DIR / "cardiomegaly.png"
+    _upload(page, example)
+    expect(page.locator("#xray-info")).to_contain_text("PNG, 256 × 256 px")
+    page.get_by_role("button", name="Generate report").click()
+    heatmap = page.locator("#heatmap img")
+    expect(heatmap).to_be_visible()
+
+    model = from_pretrained(weights, texts_from={f"s{i}": REPORTS[i] for i in range(6)})
+    expected = model.generate_from_xrays([read_xray(example)])[0]  # the page's default decoding = the config's
+    expect(page.locator("#report textarea")).to_have_value(expected.text)
+    # The first rows on the page are exactly what the library's report renders to.
+    rows = {"#references": rendering.references_table(expected)[0], "#findings": rendering.findings_table(expected)[0]}
+    for table, row in rows.items():
+        name = " ".join(str(cell) for cell in row if cell != "")
+        expect(page.locator(table).get_by_role("row", name=name, exact=True)).to_be_visible()
+    assert "★ global prompt" in rendering.references_table(expected)[0] and expected.references[0].text
+    assert heatmap.evaluate("img => img.naturalWidth") > 300
+    page.screenshot(path=str(SHOTS / "generated.png"), full_page=True)
+
+    # Another prompt from the dropdown replaces the map.
+    before = heatmap.get_attribute("src")
+    page.get_by_label("Prompt").click()
+    page.get_by_role("option", name=re.compile("^Region: ")).first.click()
+    expect(heatmap).not_to_have_attribute("src", before)
+
+    # Edits to the draft reach the .json download.
+    page.locator("#report textarea").click()
+    page.keyboard.press("End")
+    page.keyboard.type(" reviewed .")
+    expect(page.locator("#report textarea")).to_have_value(expected.text + " reviewed .")
+    payload = _download_json_until(page, lambda p: p["report"] == expected.text + " reviewed .")
+    assert payload["edited"] is True and payload["draft"] == expected.text
+
+
+def _download_json_until(page, condition, tries: int = 20) -> dict:
+    """The .json download once it satisfies ``condition`` (its update is an async server round trip)."""
+    for _ in range(tries):
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download .json").click()
+        payload = json.loads(Path(download.value.path()).read_text())
+        if condition(payload):
+            return payload
+        page.wait_for_timeout(250)
+    raise AssertionError(f"the download never satisfied the condition: {payload}")
+
+
+def test_a_bad_file_shows_its_sentence_and_clears_the_old_report(page, tmp_path):
+    bad = tmp_path / "scan.png"
+    bad.write_text("a text file named like an image")
+    _upload(page, bad)
+    expect(page.locator("#xray-info")).to_contain_text("Frontal view: This is a text file, not an image")
+    expect(page.locator("#report textarea")).to_have_value("")
+    page.get_by_role("button", name="Generate report").click()
+    # Now twice: under the image, and on the upload itself, where Generate's validator puts it.
+    expect(page.locator("#frontal").get_by_text("Frontal view: This is a text file, not an image")).to_be_visible()
+    expect(page.locator("#report textarea")).to_have_value("")
+    page.wait_for_timeout(1000)  # let the message's fade-in finish for the screenshot
+    page.screenshot(path=str(SHOTS / "bad_file.png"))
+
+
+def test_the_dicom_example_from_the_gallery(page):
+    page.get_by_role("button", name="pleural effusion (DICOM)").click()
+    expect(page.locator("#xray-info")).to_contain_text("DICOM, 256 × 256 px; modality DX; view position PA")
+    page.get_by_role("button", name="Generate report").click()
+    expect(page.locator("#heatmap img")).to_be_visible()
+    expect(page.locator("#report textarea")).not_to_have_value("")
+    page.screenshot(path=str(SHOTS / "dicom_example.png"), full_page=True)
