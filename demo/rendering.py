@@ -17,7 +17,6 @@ from matplotlib.figure import Figure
 
 from rrg_core.observations import OBSERVATIONS, STATE_NAMES, State
 from rrg_core.outputs import AttentionMap, Report
-from rrg_core.prompts import FINDING_PROMPTS
 from rrg_core.xray_io import XRay
 
 VIEW_NAMES: tuple[str, ...] = ("frontal", "lateral")
@@ -29,9 +28,6 @@ COLORMAP = "turbo"
 MIN_SCALE = 2.0
 MAX_ALPHA = 0.6
 FIGURE_WIDTH_IN = 6.4
-
-_OBSERVATION_OF_PROMPT = {prompt: name for name, prompt in FINDING_PROMPTS.items()}
-
 
 def overlay_figure(pixels: np.ndarray, heatmap: np.ndarray, title: str) -> Figure:
     """The X-ray in gray with the attention map on top and a colour bar.
@@ -86,7 +82,7 @@ def _describe(report: Report, amap: AttentionMap) -> tuple[int, float, str]:
     if amap.kind == "global":
         top = next((r.study_id for r in report.references if r.is_global_prompt), None)
         return 1, 0.0, "Global reference prompt: retrieved report" + (f" {top}" if top else "")
-    name = _OBSERVATION_OF_PROMPT.get(amap.prompt)
+    name = amap.observation
     if name is None:
         return 3, 0.0, f"Region: {amap.prompt}"
     p = report.probabilities[name][State.POSITIVE]

@@ -21,7 +21,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard
 
-from rrg_core.datasets import load_split
+from rrg_core.datasets import report_texts
 from rrg_core.hub import WeightsUnavailable, resolve_weights
 from rrg_core.model import REVTAF
 from rrg_core.outputs import Report
@@ -73,7 +73,7 @@ def load(weights: str | None = None, reference_data: str | os.PathLike | None = 
     folder = resolve_weights(weights if weights is not None else DEFAULT_WEIGHTS)
     texts = None
     if reference_data is not None:
-        texts = {study.study_id: study.report for study in load_split(reference_data, "all")}
+        texts = report_texts(reference_data)
     model = from_pretrained(folder, texts_from=texts)
     has_texts = model.index is not None and model.index.texts is not None
     return LoadedModel(

@@ -76,14 +76,14 @@ def format_text(record: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .datasets import load_split
+    from .datasets import report_texts
     from .hub import WeightsUnavailable
     from .pretrained import load_model
 
     try:
         texts = None
         if args.reference_data:
-            texts = {study.study_id: study.report for study in load_split(args.reference_data, "all")}
+            texts = report_texts(args.reference_data)
         model = load_model(args.weights, texts_from=texts)
     except (WeightsUnavailable, ValueError, FileNotFoundError) as err:
         parser.error(str(err))

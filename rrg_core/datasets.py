@@ -81,6 +81,12 @@ def load_split(
     return [s for name in SPLITS for s in splits[name]] if split == "all" else splits[split]
 
 
+def report_texts(root: str | Path, annotation: str | Path | None = None) -> dict[str, str]:
+    """study id -> raw report text for every split: attaches text at run time to a reference
+    index shipped without it (weights trained on data whose reports may not be redistributed)."""
+    return {study.study_id: study.report for study in load_split(root, "all", annotation)}
+
+
 def label_priors(studies: Sequence[Study], smoothing: float = 1.0) -> np.ndarray:
     """[14, 4] frequency of each State per observation, additively smoothed; rows sum to 1.
 

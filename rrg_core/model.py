@@ -29,6 +29,7 @@ from .fvtaf import FVTAF, consistency_loss
 from .lre import EntityScores, LearnableRetrievalEnhancer, entity_loss
 from .mpsa import MPSAOutput
 from .observations import OBSERVATIONS
+from .prompts import N_FINDING_PROMPTS
 from .outputs import AttentionMap, Reference, Report
 from .preprocessing import prepare_image, upsample_maps
 from .reference_index import ReferenceIndex
@@ -166,7 +167,7 @@ class REVTAF(nn.Module):
         self,
         images: Tensor,
         *,
-        image_sizes: Sequence[tuple[int, int]] | None = None,
+        image_sizes: Sequence[tuple[int, int] | Sequence[tuple[int, int]]] | None = None,
         num_beams: int | None = None,
         max_new_tokens: int | None = None,
         min_new_tokens: int | None = None,
@@ -174,7 +175,8 @@ class REVTAF(nn.Module):
         no_repeat_ngram_size: int | None = None,
     ) -> list[Report]:
         """images [B, V, 1, H, W] (normalised, see :meth:`prepare`). Maps are returned at
-        ``image_sizes`` (one (H, W) per study; default: the input tensor's size)."""
+        ``image_sizes``: per study one (H, W) for all views, or one per view (default: the
+        input tensor's size)."""
         c = self.config
         encoded = self._encode(images)
         distances, indices = self._retrieve(encoded.query, None)
@@ -222,18 +224,26 @@ class REVTAF(nn.Module):
         ]
 
     def _attention_maps(
-        self, encoded: _Encoded, global_: MPSAOutput | None, b: int, size: tuple[int, int]
+        self, encoded: _Encoded, global_: MPSAOutput | None, b: int, sizes: tuple | Sequence[tuple[int, int]]
     ) -> list[AttentionMap]:
         """Per view: one map per region/entity prompt and one for the global reference (the
-        mask-weighted mean over its sentences), upsampled to the input image."""
+        mask-weighted mean over its sentences), upsampled to that view's image size."""
         if encoded.region is None:
             return []
         grid, views = encoded.visual.grid, encoded.visual.n_views
+        if isinstance(sizes[0], int):
+            sizes = [sizes] * views
+        # The first prompts are the finding prompts, in OBSERVATIONS order (see rrg_core.prompts).
+        names = [OBSERVATIONS[k] if k < N_FINDING_PROMPTS else None for k in range(len(self.config.prompts))]
         out = []
         for v in range(views):
             span = slice(v * grid[0] * grid[1], (v + 1) * grid[0] * grid[1])
+            size = tuple(sizes[min(v, len(sizes) - 1)])
             region = upsample_maps(encoded.region.maps[b, :, span], grid, size)
-            out += [AttentionMap(p, "region", region[k], view=v) for k, p in enumerate(self.config.prompts)]
+            out += [
+                AttentionMap(p, "region", region[k], view=v, observation=names[k])
+                for k, p in enumerate(self.config.prompts)
+            ]
             if global_ is not None:
                 # Masked sentences have all-zero maps, so a plain sum is the mask-weighted sum.
                 merged = global_.maps[b, :, span].sum(0, keepdim=True)
@@ -274,5 +284,5 @@ class REVTAF(nn.Module):
         """Generate for studies given as XRay objects / arrays (one per study, or a list of views)."""
         studies = [s if isinstance(s, (list, tuple)) else [s] for s in studies]
         images = torch.stack([self.prepare(views) for views in studies]).to(self.diagnosis.query.device)
-        sizes = [tuple(getattr(views[0], "pixels", views[0]).shape) for views in studies]
+        sizes = [[tuple(getattr(v, "pixels", v).shape) for v in views] for views in studies]
         return self.generate(images, image_sizes=sizes, **options)

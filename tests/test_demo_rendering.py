@@ -35,8 +35,13 @@ def _uniform(shape=(40, 50)) -> np.ndarray:
 
 
 def _report(views: int = 1) -> Report:
-    prompts = [FINDING_PROMPTS["Pneumothorax"], "right hilum", FINDING_PROMPTS["Cardiomegaly"], FINDING_PROMPTS["Pleural Effusion"]]
-    attention = [AttentionMap(p, "region", _uniform(), view=v) for v in range(views) for p in prompts]
+    observations = ["Pneumothorax", None, "Cardiomegaly", "Pleural Effusion"]
+    prompts = [FINDING_PROMPTS[o] if o else "right hilum" for o in observations]
+    attention = [
+        AttentionMap(p, "region", _uniform(), view=v, observation=o)
+        for v in range(views)
+        for p, o in zip(prompts, observations)
+    ]
     attention += [AttentionMap("retrieved reference report", "global", _uniform(), view=v) for v in range(views)]
     return Report(
         text="the heart is enlarged . small left pleural effusion .",

@@ -173,6 +173,13 @@ def test_two_view_model_accepts_a_single_view_study():
     report = model.generate_from_xrays([pixels])[0]
     assert {m.view for m in report.attention} == {0, 1}
     assert report.attention[0].heatmap.shape == (100, 90)
+    lateral = np.random.default_rng(1).random((70, 120), dtype=np.float32)
+    both = model.generate_from_xrays([[pixels, lateral]])[0]
+    assert {m.heatmap.shape for m in both.attention if m.view == 0} == {(100, 90)}
+    assert {m.heatmap.shape for m in both.attention if m.view == 1} == {(70, 120)}
+    named = {m.prompt: m.observation for m in both.attention if m.kind == "region"}
+    assert named[model.config.prompts[0]] == OBSERVATIONS[0]
+    assert named["right hilum"] is None
 
 
 def test_presets_build_and_the_tiny_one_is_tiny():
