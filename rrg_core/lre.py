@@ -8,6 +8,8 @@ inference the nearest training studies by hyperbolic distance are retrieved from
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,23 +20,23 @@ from .observations import State
 
 
 class EntityScores(nn.Module):
-    """Region/entity scores from the patch-prompt similarity [B, K, P].
+    """Region/entity scores from the patch-prompt alignment [B, K, P] (MPSA's q.k, per patch).
 
-    A smooth maximum over patches (log-sum-exp with a fixed sharpness) lets a finding be
-    scored by where it is, and gives gradient to more than the single best patch. The
+    Pooling is a log-sum-exp over patches minus log P: the mean for a flat alignment, the
+    maximum once one place stands out. Mean-like at first, it trains like a linear classifier
+    of the pooled image (a max would only move the best-matching, usually normal, patch); the
+    per-patch alignment then acts as a class activation map, which MPSA's maps follow. The
     result is a logit per prompt; the finding prompts' logits are supervised by the labels.
     """
 
-    sharpness = 10.0
-
     def __init__(self, n_prompts: int) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.full((n_prompts,), 5.0))
+        self.scale = nn.Parameter(torch.ones(n_prompts))
         self.bias = nn.Parameter(torch.zeros(n_prompts))
 
-    def forward(self, similarity: Tensor) -> Tensor:
-        smooth_max = torch.logsumexp(self.sharpness * similarity, dim=-1) / self.sharpness
-        return self.scale * smooth_max + self.bias
+    def forward(self, alignment: Tensor) -> Tensor:
+        pooled = torch.logsumexp(alignment, dim=-1) - math.log(alignment.shape[-1])
+        return self.scale * pooled + self.bias
 
 
 def entity_loss(entity_logits: Tensor, states: Tensor) -> Tensor:

@@ -77,7 +77,7 @@ class REVTAF(nn.Module):
         if self.fvtaf is not None:
             prompts = self.text(self.config.prompts).unsqueeze(0).expand(images.shape[0], -1, -1)
             region = self.fvtaf.align_regions(visual.tokens, prompts)
-            entity_logits = self.entity_scores(region.similarity)
+            entity_logits = self.entity_scores(region.alignment)
         query = self.lre(entity_logits) if self.lre is not None else F.normalize(visual.pooled, dim=-1)
         return _Encoded(visual, prompts, region, entity_logits, query)
 

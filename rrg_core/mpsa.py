@@ -25,6 +25,7 @@ class MPSAOutput(NamedTuple):
     fused: Tensor  # [B, P, D] patch tokens enriched with the prompts
     maps: Tensor  # [B, K, P] each prompt's attention over the patches, sums to 1 (0 for masked prompts)
     similarity: Tensor  # [B, K, P] head-averaged cosine of prompt and patch, in [-1, 1]
+    alignment: Tensor  # [B, K, P] head-averaged scaled dot product q.k / sqrt(d_head), unbounded
 
 
 class MultiPromptSinkhornAttention(nn.Module):
@@ -81,7 +82,8 @@ class MultiPromptSinkhornAttention(nn.Module):
         fused = self.norm(tokens + self.dropout(self.out_proj(attended)))
         maps = head_maps.mean(1).transpose(-1, -2)
         similarity = cosine.mean(1).transpose(-1, -2)
-        return MPSAOutput(fused, maps, similarity)
+        alignment = ((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])).mean(1).transpose(-1, -2)
+        return MPSAOutput(fused, maps, similarity, alignment)
 
     def _split(self, x: Tensor) -> Tensor:
         """[B, L, D] -> [B, H, L, D / H]."""
