@@ -251,10 +251,10 @@ class REVTAF(nn.Module):
         return out
 
     # ------------------------------------------------------------------ Hub-style persistence
-    def save_pretrained(self, directory) -> None:
+    def save_pretrained(self, directory, **kwargs) -> None:
         from .pretrained import save_pretrained
 
-        save_pretrained(self, directory)
+        save_pretrained(self, directory, **kwargs)
 
     @classmethod
     def from_pretrained(cls, weights=None, **kwargs) -> "REVTAF":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_model
+from safetensors.torch import save_file
 
 from .config import REVTAFConfig
 from .hub import push_folder, resolve_weights
@@ -26,16 +26,32 @@ CONFIG_NAME = "config.json"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights" / "synthcxr"
 
 
-def save_pretrained(model: REVTAF, directory: str | os.PathLike) -> Path:
+def save_pretrained(model: REVTAF, directory: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+    """Write a model folder. ``dtype=torch.float16`` halves the weights file (for the embedded
+    default); loading always restores float32 parameters."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.vocab_size = len(model.tokenizer)
     model.config.save(directory / CONFIG_NAME)
-    save_model(model, str(directory / WEIGHTS_NAME))  # handles the decoder's tied embeddings
+    save_file(_unique_tensors(model, dtype), str(directory / WEIGHTS_NAME))
     model.tokenizer.save_pretrained(directory)
     if model.index is not None:
         model.index.save(directory)
     return directory
+
+
+def _unique_tensors(model: REVTAF, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The state dict with each tied tensor (the decoder's shared embeddings) stored once."""
+    seen, out = set(), {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
+        if key in seen:
+            continue
+        seen.add(key)
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        out[name] = tensor.detach().cpu().contiguous()
+    return out
 
 
 def _read_state_dict(path: Path, expected: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -12,7 +12,10 @@ with that proxy in float32, a few spare candidates are kept, and only those get 
 float64 distances, which pick and order the final top-k.
 
 Stored as ``reference_index.safetensors`` (tensors) + ``reference_index.json`` (ids,
-optional report texts, curvature, metric, format version, shapes); never pickle.
+optional report texts, curvature, metric, format version, shapes); never pickle. On disk
+the sentence embeddings are deduplicated (a table of distinct sentence vectors plus, per
+study, indices into it): radiology reports repeat the same sentences ("the lungs are
+clear") so often that this shrinks the file several-fold.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from torch import Tensor
 from .hyperbolic import make_ball
 from .observations import OBSERVATIONS, State
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METRICS = ("hyperbolic", "cosine", "euclidean")
 TENSORS_FILE = "reference_index.safetensors"
 META_FILE = "reference_index.json"
@@ -38,6 +41,13 @@ _DTYPES = {
     "embeddings": torch.float32,
     "sentence_embeddings": torch.float16,
     "sentence_mask": torch.bool,
+    "label_states": torch.int8,
+}
+# What the safetensors file holds: sentence vectors as a deduplicated table + indices.
+_STORED = {
+    "embeddings": torch.float32,
+    "sentence_table": torch.float16,
+    "sentence_index": torch.int32,  # [N, S], -1 where there is no sentence
     "label_states": torch.int8,
 }
 _CHUNK_ELEMENTS = 1 << 22  # query x reference scores held at once (16 MiB of float32)
@@ -67,6 +77,8 @@ class ReferenceIndex:
         self.study_ids = list(self.study_ids)
         self.texts = None if self.texts is None else list(self.texts)
         self._validate()
+        # Padding slots hold no sentence: zero them, so what is saved is what is used.
+        self.sentence_embeddings = self.sentence_embeddings.masked_fill(~self.sentence_mask[..., None], 0)
 
     def __len__(self) -> int:
         return self.embeddings.shape[0]
@@ -117,7 +129,9 @@ class ReferenceIndex:
         """Write the folder that :meth:`load` reads; report texts go in only if this index holds them."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _DTYPES}
+        tensors = _deduplicated(
+            {name: getattr(self, name).detach().cpu().contiguous() for name in _DTYPES}
+        )
         save_file(tensors, directory / TENSORS_FILE)
         meta = {
             "format_version": FORMAT_VERSION,
@@ -150,9 +164,9 @@ class ReferenceIndex:
         if not (isinstance(meta["shapes"], dict) and isinstance(meta["study_ids"], list)
                 and isinstance(meta["texts"], (list, type(None)))):
             raise ValueError(f"{directory / META_FILE}: shapes must be an object, study_ids and texts lists")
-        if set(tensors) != set(_DTYPES):
-            raise ValueError(f"{directory / TENSORS_FILE} holds {sorted(tensors)}, expected {sorted(_DTYPES)}")
-        for name, dtype in _DTYPES.items():
+        if set(tensors) != set(_STORED):
+            raise ValueError(f"{directory / TENSORS_FILE} holds {sorted(tensors)}, expected {sorted(_STORED)}")
+        for name, dtype in _STORED.items():
             if tensors[name].dtype != dtype:
                 raise ValueError(f"{directory / TENSORS_FILE}: {name} is {tensors[name].dtype}, expected {dtype}")
             if list(tensors[name].shape) != meta["shapes"].get(name):
@@ -160,6 +174,7 @@ class ReferenceIndex:
                     f"{directory}: {name} has shape {list(tensors[name].shape)} but the json says "
                     f"{meta['shapes'].get(name)}"
                 )
+        tensors = _expanded(tensors, directory)
         texts = meta["texts"] if texts_from is None else _texts_for(meta["study_ids"], texts_from)
         return cls(**tensors, study_ids=meta["study_ids"], texts=texts, curvature=meta["curvature"], metric=meta["metric"])
 
@@ -257,3 +272,22 @@ def _texts_for(study_ids: list[str], texts_from: dict[str, str]) -> list[str]:
     if missing:
         raise ValueError(f"texts_from lacks {len(missing)} of the index's study ids, e.g. {missing[:3]}")
     return [texts_from[s] for s in study_ids]
+
+
+def _deduplicated(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """In-memory tensors -> stored ones: distinct sentence vectors once, referenced by index."""
+    vectors, mask = tensors.pop("sentence_embeddings"), tensors.pop("sentence_mask")
+    table, inverse = torch.unique(vectors[mask], dim=0, return_inverse=True)
+    index = torch.full(mask.shape, -1, dtype=torch.int32)
+    index[mask] = inverse.to(torch.int32)
+    return {**tensors, "sentence_table": table.contiguous(), "sentence_index": index}
+
+
+def _expanded(tensors: dict[str, Tensor], directory: Path) -> dict[str, Tensor]:
+    """Stored tensors -> in-memory ones, checking that every index points into the table."""
+    table, index = tensors.pop("sentence_table"), tensors.pop("sentence_index").long()
+    if table.ndim != 2 or index.ndim != 2 or ((index < -1) | (index >= len(table))).any():
+        raise ValueError(f"{directory / TENSORS_FILE}: sentence_index points outside sentence_table")
+    mask = index >= 0
+    vectors = table[index.clamp(min=0)] * mask[..., None]
+    return {**tensors, "sentence_embeddings": vectors, "sentence_mask": mask}

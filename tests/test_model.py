@@ -112,6 +112,20 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
         assert torch.equal(tensor, loaded.state_dict()[name]), name
 
 
+def test_half_precision_folder_loads_into_float32_and_nearly_the_same_model(tmp_path):
+    model, batch = tiny_model()
+    model.eval()
+    model.save_pretrained(tmp_path / "fp32")
+    model.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    size = lambda d: (tmp_path / d / "model.safetensors").stat().st_size  # noqa: E731
+    assert size("fp16") < 0.6 * size("fp32")
+    loaded = REVTAF.from_pretrained(tmp_path / "fp16")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    a, b = model.generate(batch["images"][:2]), loaded.generate(batch["images"][:2])
+    for x, y in zip(a, b):
+        assert np.allclose(x.probabilities["Cardiomegaly"], y.probabilities["Cardiomegaly"], atol=1e-2)
+
+
 def test_incompatible_or_corrupt_folders_fail_clearly(tmp_path):
     model, _ = tiny_model()
     model.save_pretrained(tmp_path)

@@ -180,14 +180,28 @@ def rewrite_json(directory: Path, **changes: object) -> None:
         lambda d: rewrite_json(d, shapes={"embeddings": [5, 99]}),
         lambda d: rewrite_json(d, curvature="0.01"),
         lambda d: save_file({**load_file(d / TENSORS_FILE), "label_states": torch.zeros(5, 14)}, d / TENSORS_FILE),
-        lambda d: save_file({k: v for k, v in load_file(d / TENSORS_FILE).items() if k != "sentence_mask"},
+        lambda d: save_file({k: v for k, v in load_file(d / TENSORS_FILE).items() if k != "sentence_index"},
                             d / TENSORS_FILE),
+        lambda d: save_file({**load_file(d / TENSORS_FILE),
+                             "sentence_index": load_file(d / TENSORS_FILE)["sentence_index"] + 10_000}, d / TENSORS_FILE),
     ],
     ids=["garbage", "truncated", "missing", "bad-json", "version", "metric", "n-ids", "n-texts", "ids-type",
-         "shapes", "curvature", "dtype", "missing-tensor"],
+         "shapes", "curvature", "dtype", "missing-tensor", "index-out-of-table"],
 )
 def test_corrupt_or_mismatched_folder_raises_value_error(tmp_path: Path, corrupt) -> None:
     make_index(n=5).save(tmp_path)
     corrupt(tmp_path)
     with pytest.raises(ValueError):
         ReferenceIndex.load(tmp_path)
+
+
+def test_repeated_sentences_are_stored_once(tmp_path: Path) -> None:
+    index = make_index(n=50)
+    same = torch.randn(index.sentence_embeddings.shape[-1]).half()
+    vectors = index.sentence_embeddings.clone()
+    vectors[:, 0] = same  # every report opens with the same sentence
+    index = dataclasses.replace(index, sentence_embeddings=vectors)
+    index.save(tmp_path)
+    stored = load_file(tmp_path / TENSORS_FILE)
+    assert len(stored["sentence_table"]) == int(index.sentence_mask[:, 1:].sum()) + 1
+    assert torch.equal(ReferenceIndex.load(tmp_path).sentence_embeddings, index.sentence_embeddings)
