@@ -1,0 +1,106 @@
+"""Turn a training run into a shippable weights folder: evaluated, carded, compact.
+
+    python -m train.release --run runs/synthcxr-small --out assets/weights/synthcxr \
+        --eval-phantoms 300 --eval-seed 7 --half --title "..." --training-data "..." --license apache-2.0
+
+Loads ``RUN/best``, evaluates it (on fresh SynthCXR phantoms of another seed, or on a
+dataset split), saves it (float16 weights with --half; the index without report text with
+--no-texts) and writes the model card with the measured metrics and the commands.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rrg_core.datasets import load_split
+from rrg_core.evaluation import evaluate
+from rrg_core.pretrained import from_pretrained
+from rrg_core.phantoms import write_dataset
+
+from .model_card import write_model_card
+
+
+def headline(result: dict) -> dict[str, float]:
+    """The numbers a model card shows."""
+    out = {k: v for k, v in result["paper"].items()}
+    out["CE micro-F1"] = result["ce"]["micro"]["f1"]
+    out["CE macro-F1"] = result["ce"]["macro"]["f1"]
+    out["retrieval label-match P@1"] = result["retrieval"]["precision_at_1"]
+    if "grounding" in result:
+        out["pointing game"] = result["grounding"]["overall"]["pointing_game"]
+        out["grounding IoU"] = result["grounding"]["overall"]["iou"]
+    out["evaluated studies"] = result["n"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="a train.fit run folder (with best/ and train_config.json)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--eval-phantoms", type=int, default=0, help="evaluate on N fresh SynthCXR phantoms")
+    parser.add_argument("--eval-seed", type=int, default=7, help="their seed (not the training seed)")
+    parser.add_argument("--eval-data", default=None, help="or evaluate on this dataset folder")
+    parser.add_argument("--eval-split", default="test")
+    parser.add_argument("--half", action="store_true", help="store float16 weights")
+    parser.add_argument("--no-texts", action="store_true", help="drop report text from the reference index")
+    parser.add_argument("--title", required=True)
+    parser.add_argument("--training-data", required=True, help="one line: what it was trained on")
+    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--notes", default="")
+    args = parser.parse_args(argv)
+
+    run = Path(args.run)
+    train_config = json.loads((run / "train_config.json").read_text())
+    model = from_pretrained(run / "best")
+    if args.no_texts and model.index is not None:
+        model.index.texts = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.eval_phantoms:
+            data, split = write_dataset(Path(tmp) / "eval", n=args.eval_phantoms, seed=args.eval_seed), "all"
+            where = f"{args.eval_phantoms} fresh SynthCXR phantoms (seed {args.eval_seed}, unseen in training)"
+        else:
+            data, split = Path(args.eval_data), args.eval_split
+            where = f"{data} [{split}]"
+        result = evaluate(model, load_split(data, split), dataset=train_config["dataset"])
+    out = Path(args.out)
+    model.save_pretrained(out, dtype=torch.float16 if args.half else None)
+    (out / "eval_results.json").write_text(json.dumps({**result, "evaluated_on": where}, indent=2))
+    config_name = Path(train_config.get("out_dir", run.name)).name
+    command = (
+        f"python -m train.fit --config {config_name}\n"
+        f"python -m train.release --run {run} --out {out} "
+        + (f"--eval-phantoms {args.eval_phantoms} --eval-seed {args.eval_seed} " if args.eval_phantoms
+           else f"--eval-data {args.eval_data} --eval-split {args.eval_split} ")
+        + ("--half " if args.half else "") + ("--no-texts " if args.no_texts else "")
+        + f'--title "{args.title}" --training-data "{args.training_data}" --license {args.license}'
+    )
+    write_model_card(
+        out,
+        title=args.title,
+        training_data=args.training_data,
+        license=args.license,
+        command=command,
+        metrics={**headline(result), "evaluated on": where},
+        training_time=_training_time(run),
+        notes=args.notes,
+    )
+    print(json.dumps(headline(result), indent=2))
+    return out
+
+
+def _training_time(run: Path) -> str | None:
+    """Wall time and epochs of the run, from its validation log."""
+    log = run / "val.csv"
+    if not log.is_file():
+        return None
+    rows = [line.split(",") for line in log.read_text().splitlines()]
+    header, last = rows[0], rows[-1]
+    seconds = float(last[header.index("elapsed_s")])
+    return f"{seconds / 60:.0f} min for {last[header.index('epoch')]} epochs on the training machine"
+
+if __name__ == "__main__":
+    main()
