@@ -6,10 +6,17 @@ must never silently vanish there.
 """
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from model_fixtures import REPORTS, tiny_model
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,3 +39,63 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and item.get_closest_marker("real_data") and os.environ.get("RRG_REQUIRE_REAL_DATA") == "1":
         report.outcome = "failed"
         report.longrepr = f"real-data test skipped but RRG_REQUIRE_REAL_DATA=1: {report.longrepr}"
+
+
+# ---------------------------------------------------------------- one demo server for the e2e and browser tests
+
+REPO = REPO_ROOT
+START_TIMEOUT_S = 90
+CARD = "---\nlicense: apache-2.0\n---\n# Tiny\n\nTiny test weights.\n\n## Training data\n\nSix made-up reports.\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    model = tiny_model()[0]
+    model.index.texts = None
+    folder = tmp_path_factory.mktemp("weights")
+    model.save_pretrained(folder)
+    (folder / "README.md").write_text(CARD)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reference_data(tmp_path_factory) -> Path:
+    """An R2Gen-layout folder whose ids match the tiny index (s0..s5)."""
+    folder = tmp_path_factory.mktemp("reference_data")
+    entries = [{"id": f"s{i}", "report": REPORTS[i], "image_path": [f"s{i}.png"], "labels": {}} for i in range(6)]
+    (folder / "annotation.json").write_text(json.dumps({"train": entries}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(weights, reference_data, tmp_path_factory):
+    """(url, path of the server's log, seconds until it answered)."""
+    port, log = _free_port(), tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "RRG_WEIGHTS": str(weights), "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1"}
+    env.pop("GRADIO_SERVER_NAME", None)
+    started = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py", "--reference-data", str(reference_data)],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with {proc.returncode}: {log.read_text()}")
+            if time.monotonic() - started > START_TIMEOUT_S:
+                pytest.fail(f"app.py did not answer within {START_TIMEOUT_S} s: {log.read_text()}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.25)
+        yield url, log, time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from model_fixtures import REPORTS
 from playwright.sync_api import expect, sync_playwright
-from test_demo_e2e import reference_data, server, weights  # noqa: F401  (fixtures: the server under test)
 
 from demo import rendering
 from demo.ui import EXAMPLES_DIR
@@ -29,7 +28,7 @@ TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-def page(server):  # noqa: F811
+def page(server):
     if not CHROMIUM.is_file():  # CI installs it (.ci/run), so there a missing browser is a failure
         (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{CHROMIUM} is missing: apt-get install -y chromium")
     SHOTS.mkdir(exist_ok=True)
@@ -50,7 +49,7 @@ def _upload(page, path: Path) -> None:
     page.locator("#frontal input[type=file]").set_input_files(str(path))
 
 
-def test_upload_generate_and_see_report_references_and_heatmap(page, weights):  # noqa: F811
+def test_upload_generate_and_see_report_references_and_heatmap(page, weights):
     expect(page.locator("#notice")).to_contain_text("Research use only — not for diagnosis")
     expect(page.locator("#weights")).to_contain_text("Tiny test weights.")
     example = EXAMPLES_DIR / "cardiomegaly.png"
