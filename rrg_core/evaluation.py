@@ -16,9 +16,16 @@ from tqdm.auto import tqdm
 
 from .datasets import Study
 from .labeler import label_report
-from .metrics import clinical_efficacy, grounding_metrics, nlg_metrics, paper_average, paper_row, retrieval_metrics
+from .metrics import (
+    clinical_efficacy,
+    grounding_metrics,
+    nlg_metrics,
+    paper_average,
+    paper_row,
+    retrieval_metrics,
+)
 from .model import REVTAF
-from .observations import OBSERVATIONS, labels_to_states
+from .observations import labels_to_states
 from .prompts import FINDING_PROMPTS
 from .study_dataset import StudyDataset, collate
 

@@ -9,7 +9,6 @@ import torch
 from model_fixtures import tiny_batch, tiny_model
 
 from rrg_core.config import REVTAFConfig
-from rrg_core.indexing import build_index
 from rrg_core.model import REVTAF
 from rrg_core.observations import OBSERVATIONS
 

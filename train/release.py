@@ -18,8 +18,8 @@ import torch
 
 from rrg_core.datasets import load_split
 from rrg_core.evaluation import evaluate
-from rrg_core.pretrained import from_pretrained
 from rrg_core.phantoms import write_dataset
+from rrg_core.pretrained import from_pretrained
 
 from .model_card import write_model_card
 
