@@ -1,7 +1,8 @@
-"""Command line: draft reports for X-ray files in a batch.
+"""Command line: draft reports for X-ray files in a batch, or label report texts.
 
     python -m rrg_core report FILE... [--weights ORG/REPO[@REV] | FOLDER] [--reference-data DIR]
                                       [--json] [--beams N] [--max-length N]
+    python -m rrg_core label REPORTS.{json,csv} [--column report] [--id-column id]
 
 Each file is one study (one view). With ``--json`` each file gives one line holding a JSON object
 {"file", "report", "findings", "references", "error"}; otherwise a short readable block. A file
@@ -11,11 +12,13 @@ for usage errors (bad options, weights that cannot be loaded).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
-from .observations import STATE_NAMES, State
+from .observations import OBSERVATIONS, STATE_NAMES, State
 
 TEXT_REFERENCES = 3
 
@@ -38,7 +41,44 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="one JSON object per line and file")
     report.add_argument("--beams", type=_positive_int, help="beam size (default: the weights' config)")
     report.add_argument("--max-length", type=_positive_int, help="maximum new tokens (default: the weights' config)")
+    label = commands.add_parser("label", help="CheXpert-style labels of report texts, as CSV on stdout")
+    label.add_argument("file", metavar="REPORTS", help="a CSV, a JSON list (of strings or objects), or an R2Gen "
+                                                       "annotation.json")
+    label.add_argument("--column", default="report", help="the field holding the report text")
+    label.add_argument("--id-column", default="id", help="the field holding the id (default: row number)")
     return parser
+
+
+def read_reports(path: str, column: str, id_column: str) -> Iterator[tuple[str, str]]:
+    """(id, text) pairs from a CSV, a JSON list, or an R2Gen-layout {split: [entries]} file."""
+    source = Path(path)
+    if source.suffix.lower() == ".csv":
+        with source.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        data = json.loads(source.read_text(encoding="utf-8"))
+        rows = [e for entries in data.values() for e in entries] if isinstance(data, dict) else data
+    for i, row in enumerate(rows):
+        if isinstance(row, str):
+            yield str(i), row
+        elif column not in row:
+            raise ValueError(f"{path}: row {i} has no {column!r} field (choose one with --column)")
+        else:
+            yield str(row.get(id_column, i)), row[column] or ""
+
+
+def label_file(path: str, column: str, id_column: str, out=None) -> int:
+    """Write id + the 14 observations (1, 0, -1, blank) as CSV; returns the number of reports."""
+    from .labeler import label_report
+
+    writer = csv.writer(out or sys.stdout)
+    writer.writerow(["id", *OBSERVATIONS])
+    n = 0
+    for key, text in read_reports(path, column, id_column):
+        labels = label_report(text)
+        writer.writerow([key, *("" if labels[o] is None else labels[o] for o in OBSERVATIONS)])
+        n += 1
+    return n
 
 
 def report_file(model, path: str, *, beams: int | None = None, max_length: int | None = None) -> dict[str, Any]:
@@ -76,6 +116,12 @@ def format_text(record: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "label":
+        try:
+            label_file(args.file, args.column, args.id_column)
+        except (OSError, ValueError, KeyError) as err:
+            parser.error(str(err))
+        return 0
     from .datasets import report_texts
     from .hub import WeightsUnavailable
     from .pretrained import load_model

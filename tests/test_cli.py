@@ -108,3 +108,26 @@ def test_module_entry_point(weights, files):
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert [json.loads(line)["error"] is None for line in run.stdout.splitlines()] == [False, True]
+
+
+def test_label_command_writes_chexpert_csv(tmp_path, capsys):
+    import csv as csv_module
+    import io
+
+    source = tmp_path / "reports.json"
+    source.write_text(json.dumps({"test": [
+        {"id": "a", "report": "Small left pleural effusion. No pneumothorax."},
+        {"id": "b", "report": "The heart is normal in size. The lungs are clear."},
+    ]}))
+    assert main(["label", str(source)]) == 0
+    rows = list(csv_module.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert rows[0]["Pleural Effusion"] == "1" and rows[0]["Pneumothorax"] == "0" and rows[0]["Edema"] == ""
+    assert rows[1]["No Finding"] == "1" and rows[1]["Cardiomegaly"] == "0"
+
+    table = tmp_path / "reports.csv"
+    table.write_text("study,text\nx,Mild cardiomegaly.\n")
+    assert main(["label", str(table), "--column", "text", "--id-column", "study"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("x,,1,")
+    with pytest.raises(SystemExit):
+        main(["label", str(table)])  # no "report" column
