@@ -68,6 +68,7 @@ class REVTAFConfig:
     cls_weight: float = 4.0
     entity_weight: float = 1.0  # our supervision of the finding-prompt scores (replaces MedKLIP)
     label_priors: list[list[float]] | None = None  # [14][4] training-set state frequencies
+    decision_adjustment: float = 1.0  # how much of the prior the predicted states keep (see DiagnosisHead.decide)
     # ---- generation defaults ----------------------------------------------------------------
     num_beams: int = 3
     min_new_tokens: int = 10

@@ -49,6 +49,19 @@ class DiagnosisHead(nn.Module):
         read = self.readout(query, memory).squeeze(1)
         return self.classifier(torch.cat([pooled, read], dim=-1)).view(-1, N_OBS, N_STATES)
 
+    def decide(self, logits: Tensor, adjustment: float = 1.0) -> tuple[Tensor, Tensor]:
+        """(probabilities [B, 14, 4], states [B, 14]) at inference.
+
+        Trained with the log prior added, ``logits + log prior`` estimate the true posterior,
+        which is what the probabilities report. The states take ``logits + adjustment * log
+        prior``: 1 is the plain posterior argmax, 0 the balanced decision of logit adjustment
+        (many more positives for rare observations); the value is tuned on validation data
+        for F1 (see train.release) and stored in the config."""
+        logits = logits.float()
+        probabilities = (logits + self.logit_adjustment).softmax(-1)
+        states = (logits + adjustment * self.logit_adjustment).argmax(-1)
+        return probabilities, states
+
     def loss(self, logits: Tensor, states: Tensor) -> Tensor:
         """Cross-entropy with logit adjustment (Menon et al.): during training the log prior of
         each observation is added to its POS logit, so at inference, without it, rare positives

@@ -25,7 +25,7 @@ from .metrics import (
     retrieval_metrics,
 )
 from .model import REVTAF
-from .observations import labels_to_states
+from .observations import State, labels_to_states
 from .prompts import FINDING_PROMPTS
 from .study_dataset import StudyDataset, collate
 
@@ -36,6 +36,41 @@ def _masks(study: Study) -> dict[str, list[np.ndarray]]:
         for name, paths in study.mask_paths.items()
         if name in FINDING_PROMPTS
     }
+
+
+@torch.no_grad()
+def diagnosis_logits(model: REVTAF, studies: Sequence[Study], *, dataset: str = "iu_xray", batch_size: int = 32):
+    """Raw diagnosis logits [N, 14, 4] and true states [N, 14], without generating text."""
+    model.eval()
+    data = StudyDataset(studies, model.config, model.tokenizer, dataset=dataset)
+    loader = DataLoader(data, batch_size=batch_size, collate_fn=lambda items: collate(items, model.tokenizer.pad_token_id))
+    device = model.diagnosis.query.device
+    logits, states = [], []
+    for batch in loader:
+        encoded = model._encode(batch["images"].to(device))
+        _, indices = model._retrieve(encoded.query, None)
+        logits.append(model.diagnosis(encoded.visual.pooled, *model._references(indices)).cpu())
+        states.append(batch["states"])
+    return torch.cat(logits), torch.cat(states)
+
+
+def tune_decision_adjustment(
+    model: REVTAF,
+    studies: Sequence[Study],
+    *,
+    dataset: str = "iu_xray",
+    grid: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5),
+) -> tuple[float, dict[float, float]]:
+    """The ``decision_adjustment`` with the best micro-F1 of predicted positives on ``studies``
+    (validation data), and the F1 of every candidate."""
+    logits, truth = diagnosis_logits(model, studies, dataset=dataset)
+    positive = truth == State.POSITIVE
+    scores = {}
+    for value in grid:
+        predicted = model.diagnosis.decide(logits, value)[1] == State.POSITIVE
+        tp = (predicted & positive).sum().item()
+        scores[value] = 2 * tp / max(1, predicted.sum().item() + positive.sum().item())
+    return max(scores, key=scores.get), scores
 
 
 def _map_size(study: Study) -> tuple[int, int] | None:

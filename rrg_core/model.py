@@ -182,8 +182,7 @@ class REVTAF(nn.Module):
         distances, indices = self._retrieve(encoded.query, None)
         reference_text, reference_states = self._references(indices)
         logits = self.diagnosis(encoded.visual.pooled, reference_text, reference_states)
-        probabilities = logits.float().softmax(-1)
-        states = probabilities.argmax(-1)
+        probabilities, states = self.diagnosis.decide(logits, self.config.decision_adjustment)
 
         memory, global_ = encoded.visual.tokens, None
         if self.fvtaf is not None and self.fvtaf.fuses:

@@ -203,3 +203,15 @@ def test_presets_build_and_the_tiny_one_is_tiny():
     tokenizer = tiny_batch.__globals__["tiny_tokenizer"]()
     small = REVTAF(REVTAFConfig.preset("small", vocab_size=len(tokenizer)), tokenizer)
     assert 5e6 < sum(p.numel() for p in small.parameters()) < 30e6
+
+
+def test_decision_adjustment_trades_positives_for_precision():
+    model, batch = tiny_model()
+    logits = torch.zeros(3, 14, 4)
+    logits[:, :, 1] = 2.0  # raw POS logits high, as logit adjustment trains them for rare classes
+    model.diagnosis.logit_adjustment[:, 1] = math.log(0.05)
+    probabilities, balanced = model.diagnosis.decide(logits, 0.0)
+    _, posterior = model.diagnosis.decide(logits, 1.0)
+    assert (balanced == 1).all() and (posterior != 1).all()
+    assert torch.allclose(probabilities.sum(-1), torch.ones(3, 14))
+    assert probabilities[0, 0, 1] < 0.5  # the reported probability is the posterior

@@ -17,10 +17,12 @@ from pathlib import Path
 import torch
 
 from rrg_core.datasets import load_split
-from rrg_core.evaluation import evaluate
+from rrg_core.evaluation import evaluate, tune_decision_adjustment
 from rrg_core.phantoms import write_dataset
 from rrg_core.pretrained import from_pretrained
 
+from .config import TrainConfig
+from .fit import resolve_data
 from .model_card import write_model_card
 
 
@@ -58,6 +60,11 @@ def main(argv: list[str] | None = None) -> Path:
     model = from_pretrained(run / "best")
     if args.no_texts and model.index is not None:
         model.index.texts = None
+    # Tune how the predicted states use the prior on the run's validation split.
+    val = load_split(resolve_data(TrainConfig(**train_config)), "val")[: train_config.get("max_val_studies")]
+    model.config.decision_adjustment, f1_by_value = tune_decision_adjustment(model, val, dataset=train_config["dataset"])
+    print(f"decision_adjustment {model.config.decision_adjustment} (validation micro-F1 by value: "
+          + ", ".join(f"{k}: {v:.3f}" for k, v in f1_by_value.items()) + ")")
     with tempfile.TemporaryDirectory() as tmp:
         if args.eval_phantoms:
             data, split = write_dataset(Path(tmp) / "eval", n=args.eval_phantoms, seed=args.eval_seed), "all"
