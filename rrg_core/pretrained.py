@@ -84,10 +84,11 @@ def from_pretrained(
     revision: str | None = None,
     texts_from: dict[str, str] | None = None,
     device: str | torch.device = "cpu",
+    load_index: bool = True,
 ) -> REVTAF:
     """Load a model folder: a local path, ``ORG/REPO[@REVISION]`` on the Hub, or (None) the
     embedded default weights. ``texts_from`` attaches report texts (id -> text) to an index
-    shipped without them."""
+    shipped without them; ``load_index=False`` skips the folder's index (to rebuild it)."""
     folder = resolve_weights(weights if weights is not None else DEFAULT_WEIGHTS, revision=revision)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
@@ -99,7 +100,8 @@ def from_pretrained(
         raise ValueError(f"cannot load the tokenizer in {folder}: {err}") from err
     if config.vocab_size and len(tokenizer) != config.vocab_size:
         raise ValueError(f"the tokenizer in {folder} has {len(tokenizer)} tokens, config.json says {config.vocab_size}")
-    index = ReferenceIndex.load(folder, texts_from=texts_from) if (folder / "reference_index.json").is_file() else None
+    has_index = load_index and (folder / "reference_index.json").is_file()
+    index = ReferenceIndex.load(folder, texts_from=texts_from) if has_index else None
 
     model = REVTAF(config, tokenizer, index)
     expected = model.state_dict()

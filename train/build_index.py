@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = from_pretrained(args.weights, device=device)
+    model = from_pretrained(args.weights, device=device, load_index=False)  # the old index may be stale or outdated
     studies = load_split(args.data, args.split)
     data = StudyDataset(studies, model.config, model.tokenizer, dataset=args.dataset)
     batches = DataLoader(data, batch_size=args.batch_size, collate_fn=lambda items: collate(items, model.tokenizer.pad_token_id))
