@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> Path:
     model.config.decision_adjustment, f1_by_value = tune_decision_adjustment(model, val, dataset=train_config["dataset"])
     print(f"decision_adjustment {model.config.decision_adjustment} (validation micro-F1 by value: "
           + ", ".join(f"{k}: {v:.3f}" for k, v in f1_by_value.items()) + ")")
+    out = Path(args.out)
+    model.save_pretrained(out, dtype=torch.float16 if args.half else None)
+    # Evaluate what was saved (float16 weights included), so train.evaluate reproduces it.
+    model = from_pretrained(out)
     with tempfile.TemporaryDirectory() as tmp:
         if args.eval_phantoms:
             data, split = write_dataset(Path(tmp) / "eval", n=args.eval_phantoms, seed=args.eval_seed), "all"
@@ -73,8 +77,6 @@ def main(argv: list[str] | None = None) -> Path:
             data, split = Path(args.eval_data), args.eval_split
             where = f"{data} [{split}]"
         result = evaluate(model, load_split(data, split), dataset=train_config["dataset"])
-    out = Path(args.out)
-    model.save_pretrained(out, dtype=torch.float16 if args.half else None)
     (out / "eval_results.json").write_text(json.dumps({**result, "evaluated_on": where}, indent=2))
     config_name = Path(train_config.get("out_dir", run.name)).name
     command = (
