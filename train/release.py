@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> Path:
             data, split = Path(args.eval_data), args.eval_split
             where = f"{data} [{split}]"
         result = evaluate(model, load_split(data, split), dataset=train_config["dataset"])
+    if args.no_texts:  # the samples quote reference reports, which may not be redistributed either
+        result.pop("samples", None)
     (out / "eval_results.json").write_text(json.dumps({**result, "evaluated_on": where}, indent=2))
     config_name = Path(train_config.get("out_dir", run.name)).name
     command = (
