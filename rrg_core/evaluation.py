@@ -11,7 +11,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .datasets import Study
@@ -27,7 +26,7 @@ from .metrics import (
 from .model import REVTAF
 from .observations import State, labels_to_states
 from .prompts import FINDING_PROMPTS
-from .study_dataset import StudyDataset, collate
+from .study_dataset import study_loader
 
 
 def _masks(study: Study) -> dict[str, list[np.ndarray]]:
@@ -42,8 +41,7 @@ def _masks(study: Study) -> dict[str, list[np.ndarray]]:
 def diagnosis_logits(model: REVTAF, studies: Sequence[Study], *, dataset: str = "iu_xray", batch_size: int = 32):
     """Raw diagnosis logits [N, 14, 4] and true states [N, 14], without generating text."""
     model.eval()
-    data = StudyDataset(studies, model.config, model.tokenizer, dataset=dataset)
-    loader = DataLoader(data, batch_size=batch_size, collate_fn=lambda items: collate(items, model.tokenizer.pad_token_id))
+    loader = study_loader(studies, model.config, model.tokenizer, dataset=dataset, batch_size=batch_size)
     device = model.diagnosis.query.device
     logits, states = [], []
     for batch in loader:
@@ -94,8 +92,7 @@ def generate_for(
 ) -> tuple[list[str], list, list[str]]:
     """Normalised reference texts, Reports and study ids, batch by batch."""
     model.eval()
-    data = StudyDataset(studies, model.config, model.tokenizer, dataset=dataset)
-    loader = DataLoader(data, batch_size=batch_size, collate_fn=lambda items: collate(items, model.tokenizer.pad_token_id))
+    loader = study_loader(studies, model.config, model.tokenizer, dataset=dataset, batch_size=batch_size)
     references, reports = [], []
     device = model.diagnosis.query.device
     for start, batch in zip(range(0, len(studies), batch_size), tqdm(loader, desc="generating", disable=not progress)):

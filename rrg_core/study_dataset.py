@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from .config import REVTAFConfig
@@ -101,3 +102,26 @@ def collate(items: Sequence[dict], pad_id: int = 0) -> dict:
         "study_ids": [it["study_id"] for it in items],
         "reports": [it["report"] for it in items],
     }
+
+
+def study_loader(
+    studies: Sequence[Study],
+    config: REVTAFConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    dataset: str = "iu_xray",
+    batch_size: int = 16,
+    train: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> DataLoader:
+    """Model batches of ``studies``; when training: augmented, shuffled (seeded), no ragged last batch."""
+    return DataLoader(
+        StudyDataset(studies, config, tokenizer, dataset=dataset, train=train, seed=seed),
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=num_workers,
+        collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -12,12 +12,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from rrg_core.datasets import load_split
 from rrg_core.indexing import build_index
 from rrg_core.pretrained import from_pretrained
-from rrg_core.study_dataset import StudyDataset, collate
+from rrg_core.study_dataset import study_loader
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -34,8 +33,7 @@ def main(argv: list[str] | None = None) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = from_pretrained(args.weights, device=device, load_index=False)  # the old index may be stale or outdated
     studies = load_split(args.data, args.split)
-    data = StudyDataset(studies, model.config, model.tokenizer, dataset=args.dataset)
-    batches = DataLoader(data, batch_size=args.batch_size, collate_fn=lambda items: collate(items, model.tokenizer.pad_token_id))
+    batches = study_loader(studies, model.config, model.tokenizer, dataset=args.dataset, batch_size=args.batch_size)
     index = build_index(model, batches, keep_texts=not args.no_texts)
     out = Path(args.out or args.weights)
     index.save(out)

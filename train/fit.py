@@ -26,7 +26,7 @@ from rrg_core.datasets import label_priors, load_annotation
 from rrg_core.indexing import build_index
 from rrg_core.model import REVTAF
 from rrg_core.report_text import normalize_report
-from rrg_core.study_dataset import StudyDataset, collate
+from rrg_core.study_dataset import study_loader
 from rrg_core.tokenizer import load_tokenizer, train_tokenizer
 
 from .config import TrainConfig
@@ -117,16 +117,8 @@ def make_model(cfg: TrainConfig, train_studies, out: Path, resume: bool) -> REVT
 
 
 def loader(studies, model: REVTAF, cfg: TrainConfig, *, train: bool) -> DataLoader:
-    dataset = StudyDataset(studies, model.config, model.tokenizer, dataset=cfg.dataset, train=train, seed=cfg.seed)
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=train,
-        drop_last=train,
-        num_workers=cfg.num_workers,
-        collate_fn=lambda items: collate(items, model.tokenizer.pad_token_id),
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    return study_loader(studies, model.config, model.tokenizer, dataset=cfg.dataset, batch_size=cfg.batch_size,
+                        train=train, seed=cfg.seed, num_workers=cfg.num_workers)
 
 
 @torch.no_grad()
