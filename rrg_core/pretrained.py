@@ -40,14 +40,23 @@ def save_pretrained(model: REVTAF, directory: str | os.PathLike, *, dtype: torch
     return directory
 
 
+def _shared_storage(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Each name -> the first name holding the same storage (tied weights such as the decoder's
+    LM head and word embeddings); saving stores only those first names, loading accepts them."""
+    first: dict[tuple, str] = {}
+    return {
+        name: first.setdefault((t.data_ptr(), tuple(t.shape), t.stride()), name) for name, t in state.items()
+    }
+
+
 def _unique_tensors(model: REVTAF, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """The state dict with each tied tensor (the decoder's shared embeddings) stored once."""
-    seen, out = set(), {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
-        if key in seen:
+    """The state dict with each tied tensor stored once, optionally cast to ``dtype``."""
+    state = model.state_dict()
+    out = {}
+    for name, canonical in _shared_storage(state).items():
+        if name != canonical:
             continue
-        seen.add(key)
+        tensor = state[name]
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         out[name] = tensor.detach().cpu().contiguous()
@@ -106,19 +115,13 @@ def from_pretrained(
     model = REVTAF(config, tokenizer, index)
     expected = model.state_dict()
     tensors, missing = _read_state_dict(folder / WEIGHTS_NAME, expected)
-    tied = {k for k in missing if _is_tied_alias(model, k, tensors)}
-    if set(missing) - tied:
-        raise ValueError(f"{folder / WEIGHTS_NAME} lacks {len(set(missing) - tied)} tensor(s), e.g. {sorted(set(missing) - tied)[:3]}")
+    canonical = _shared_storage(expected)
+    absent = sorted(k for k in missing if canonical[k] not in tensors)  # a tied alias of a stored tensor is fine
+    if absent:
+        raise ValueError(f"{folder / WEIGHTS_NAME} lacks {len(absent)} tensor(s), e.g. {absent[:3]}")
     model.load_state_dict(tensors, strict=False)
     model.decoder.bert.tie_weights()
     return model.to(device).eval()
-
-
-def _is_tied_alias(model: REVTAF, key: str, stored: dict[str, torch.Tensor]) -> bool:
-    """True when ``key`` shares storage with a tensor that *is* stored (e.g. a tied LM head)."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    target = params.get(key)
-    return target is not None and any(params.get(k) is target for k in stored)
 
 
 def push_to_hub(model: REVTAF, repo_id: str, **kwargs) -> str:
