@@ -45,9 +45,7 @@ def diagnosis_logits(model: REVTAF, studies: Sequence[Study], *, dataset: str = 
     device = model.diagnosis.query.device
     logits, states = [], []
     for batch in loader:
-        encoded = model._encode(batch["images"].to(device))
-        _, indices = model._retrieve(encoded.query, None)
-        logits.append(model.diagnosis(encoded.visual.pooled, *model._references(indices)).cpu())
+        logits.append(model.diagnosis_logits(batch["images"].to(device)).cpu())
         states.append(batch["states"])
     return torch.cat(logits), torch.cat(states)
 

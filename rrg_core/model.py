@@ -162,6 +162,17 @@ class REVTAF(nn.Module):
         return query.float().cpu(), sentences.cpu(), mask.cpu()
 
     # ------------------------------------------------------------------ inference
+    def _diagnose(self, encoded: _Encoded) -> tuple[Tensor, Tensor, Tensor]:
+        """Raw diagnosis logits [B, 14, 4] from the image and its top-k references (with their
+        distances and indices)."""
+        distances, indices = self._retrieve(encoded.query, None)
+        return self.diagnosis(encoded.visual.pooled, *self._references(indices)), distances, indices
+
+    @torch.no_grad()
+    def diagnosis_logits(self, images: Tensor) -> Tensor:
+        """Raw diagnosis logits [B, 14, 4], without generating text (for tuning decisions)."""
+        return self._diagnose(self._encode(images))[0]
+
     @torch.no_grad()
     def generate(
         self,
@@ -179,9 +190,7 @@ class REVTAF(nn.Module):
         input tensor's size)."""
         c = self.config
         encoded = self._encode(images)
-        distances, indices = self._retrieve(encoded.query, None)
-        reference_text, reference_states = self._references(indices)
-        logits = self.diagnosis(encoded.visual.pooled, reference_text, reference_states)
+        logits, distances, indices = self._diagnose(encoded)
         probabilities, states = self.diagnosis.decide(logits, self.config.decision_adjustment)
 
         memory, global_ = encoded.visual.tokens, None
