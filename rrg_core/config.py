@@ -29,6 +29,9 @@ class REVTAFConfig:
     resnet_hidden_sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     resnet_embedding_size: int = 64
     backbone_hub_id: str | None = None  # e.g. "microsoft/resnet-101" for the paper preset
+    # Tokens at half the backbone's stride (its last two stages merged, FPN-style): a finer grid
+    # for the heatmaps; a 10 x 10 grid cannot point inside a small finding.
+    feature_pyramid: bool = True
     # ---- shared width of visual tokens, prompts and memory ---------------------------------
     d_model: int = 256
     n_heads: int = 4
@@ -41,6 +44,9 @@ class REVTAFConfig:
     max_sentence_tokens: int = 32
     max_reference_sentences: int = 12
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    # A learned vector per prompt added to its text embedding (as CoOp's learned context): a text
+    # encoder trained from scratch embeds short prompts almost alike at first.
+    prompt_offsets: bool = True
     # ---- decoder (BertLMHeadModel with cross-attention) ------------------------------------
     vocab_size: int = 0  # set from the tokenizer
     decoder_layers: int = 3
@@ -67,6 +73,10 @@ class REVTAFConfig:
     # ---- diagnosis branch -------------------------------------------------------------------
     cls_weight: float = 4.0
     entity_weight: float = 1.0  # our supervision of the finding-prompt scores (replaces MedKLIP)
+    # "similarity": soft maximum over patches of the MPSA cosine at the Sinkhorn temperature, so
+    # scores and heatmaps read one quantity; "alignment": log-mean-exp of the dot product q.k.
+    entity_pooling: str = "similarity"
+    diagnosis_evidence: bool = True  # the diagnosis head also reads the entity scores
     label_priors: list[list[float]] | None = None  # [14][4] training-set state frequencies
     decision_adjustment: float = 1.0  # how much of the prior the predicted states keep (see DiagnosisHead.decide)
     # ---- generation defaults ----------------------------------------------------------------
@@ -83,6 +93,8 @@ class REVTAFConfig:
             raise ValueError(f"n_views must be 1 or 2, got {self.n_views}")
         if self.retrieval_metric not in ("hyperbolic", "cosine", "euclidean"):
             raise ValueError(f"unknown retrieval_metric {self.retrieval_metric!r}")
+        if self.entity_pooling not in ("similarity", "alignment"):
+            raise ValueError(f"unknown entity_pooling {self.entity_pooling!r}")
         if self.resnet_layer_type not in ("basic", "bottleneck"):
             raise ValueError(f"unknown resnet_layer_type {self.resnet_layer_type!r}")
         if len(self.resnet_depths) != len(self.resnet_hidden_sizes):

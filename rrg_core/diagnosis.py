@@ -20,6 +20,8 @@ class DiagnosisHead(nn.Module):
 
     Each retrieved report is represented by its text embedding plus an embedding of its label
     states, so the memory carries both what the neighbours say and what they were labelled.
+    With ``diagnosis_evidence`` the query also carries the image's entity scores (layer-
+    normalised): label-supervised per-finding evidence that a mean-pooled vector dilutes.
     """
 
     def __init__(self, config: REVTAFConfig) -> None:
@@ -30,6 +32,9 @@ class DiagnosisHead(nn.Module):
         self.readout = nn.TransformerDecoderLayer(
             d, config.n_heads, dim_feedforward=2 * d, dropout=config.dropout, batch_first=True, norm_first=True
         )
+        self.evidence = None
+        if config.diagnosis_evidence and (config.use_lre or config.use_fvtaf):
+            self.evidence = nn.Sequential(nn.LayerNorm(len(config.prompts)), nn.Linear(len(config.prompts), d))
         self.classifier = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, N_OBS * N_STATES))
         priors = torch.full((N_OBS, N_STATES), 1.0 / N_STATES)
         if config.label_priors is not None:
@@ -41,8 +46,13 @@ class DiagnosisHead(nn.Module):
         adjustment[:, State.POSITIVE] = priors[:, State.POSITIVE].clamp(min=1e-4).log()
         self.register_buffer("logit_adjustment", adjustment, persistent=False)
 
-    def forward(self, pooled: Tensor, reference_text: Tensor, reference_states: Tensor) -> Tensor:
-        """pooled [B, D]; reference_text [B, k, D]; reference_states [B, k, 14] -> logits [B, 14, 4]."""
+    def forward(
+        self, pooled: Tensor, reference_text: Tensor, reference_states: Tensor, entity_logits: Tensor | None = None
+    ) -> Tensor:
+        """pooled [B, D]; reference_text [B, k, D]; reference_states [B, k, 14]; entity_logits
+        [B, K] (used with ``diagnosis_evidence``) -> logits [B, 14, 4]."""
+        if self.evidence is not None:
+            pooled = pooled + self.evidence(entity_logits)
         offsets = torch.arange(N_OBS, device=reference_states.device) * N_STATES
         memory = reference_text + self.state_embedding(reference_states.long() + offsets).mean(dim=2)
         query = self.query.expand(pooled.shape[0], -1, -1) + pooled.unsqueeze(1)

@@ -2,8 +2,9 @@
 
 MPSA runs twice over the image patch tokens: against the fixed region/entity prompts and
 against the sentences of the retrieved report (the global reference prompt). Both fused
-token sets, concatenated, are the decoder's cross-attention memory. A consistency loss ties
-the two sets of attention maps together in proportion to how similar their texts are.
+token sets, concatenated, are the decoder's cross-attention memory (see ``REVTAF._memory``).
+A consistency loss ties the two sets of attention maps together in proportion to how similar
+their texts are.
 """
 from __future__ import annotations
 
@@ -74,8 +75,3 @@ class FVTAF(nn.Module):
         if self.global_attention is None:
             raise RuntimeError("FVTAF is switched off (use_fvtaf=False): there is no global branch")
         return self.global_attention(tokens, sentences, mask)
-
-    @staticmethod
-    def memory(region: MPSAOutput, global_: MPSAOutput) -> Tensor:
-        """The decoder's cross-attention memory: both fused token sets, concatenated. [B, 2P, D]."""
-        return torch.cat([region.fused, global_.fused], dim=1)

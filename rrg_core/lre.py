@@ -16,26 +16,35 @@ from torch import Tensor, nn
 
 from .config import REVTAFConfig
 from .hyperbolic import HyperbolicEncoder, pairwise_distance
+from .mpsa import MPSAOutput
 from .observations import State
 
 
 class EntityScores(nn.Module):
-    """Region/entity scores from the patch-prompt alignment [B, K, P] (MPSA's q.k, per patch).
+    """Region/entity scores from MPSA's patch-prompt scores [B, K, P], one logit per prompt.
 
-    Pooling is a log-sum-exp over patches minus log P: the mean for a flat alignment, the
-    maximum once one place stands out. Mean-like at first, it trains like a linear classifier
-    of the pooled image (a max would only move the best-matching, usually normal, patch); the
-    per-patch alignment then acts as a class activation map, which MPSA's maps follow. The
-    result is a logit per prompt; the finding prompts' logits are supervised by the labels.
+    ``pooling="similarity"`` (default): the soft maximum over patches of the cosine between
+    patch and prompt, ``t * logsumexp(cos / t) - t * log P`` with ``t`` the Sinkhorn
+    temperature, i.e. the same kernel that builds MPSA's transport plan. A prompt scores high
+    where some patch matches it, and the supervision of that score moves the heatmap to that
+    patch (multiple-instance learning). ``pooling="alignment"``: log-mean-exp of the scaled
+    dot product q.k (the first recipe; it let the dot product and the heatmaps drift apart).
+    The finding prompts' logits are supervised by the labels (see :func:`entity_loss`).
     """
 
-    def __init__(self, n_prompts: int) -> None:
+    def __init__(self, n_prompts: int, pooling: str = "similarity", temperature: float = 0.05) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.ones(n_prompts))
+        self.pooling, self.temperature = pooling, temperature
+        # cosines live in [-1, 1]: start with logits spanning +-10
+        self.scale = nn.Parameter(torch.full((n_prompts,), 10.0 if pooling == "similarity" else 1.0))
         self.bias = nn.Parameter(torch.zeros(n_prompts))
 
-    def forward(self, alignment: Tensor) -> Tensor:
-        pooled = torch.logsumexp(alignment, dim=-1) - math.log(alignment.shape[-1])
+    def forward(self, region: MPSAOutput) -> Tensor:
+        if self.pooling == "similarity":
+            t = self.temperature
+            pooled = t * (torch.logsumexp(region.similarity / t, dim=-1) - math.log(region.similarity.shape[-1]))
+        else:
+            pooled = torch.logsumexp(region.alignment, dim=-1) - math.log(region.alignment.shape[-1])
         return self.scale * pooled + self.bias
 
 
@@ -78,8 +87,12 @@ class LearnableRetrievalEnhancer(nn.Module):
         return self.encoder.ball
 
     def forward(self, entity_logits: Tensor) -> Tensor:
-        """[B, K] entity logits -> [B, H] points on the Poincare ball."""
-        return self.encoder(self.normalize(entity_logits))
+        """[B, K] entity logits -> [B, H] points on the Poincare ball.
+
+        The scores are detached: as with REVTAF's frozen MedKLIP, the ranking loss trains the
+        hyperbolic network only, and the image encoder learns from the labels, not from the
+        batch-dependent ranking targets."""
+        return self.encoder(self.normalize(entity_logits.detach()))
 
     def ranking_loss(self, embeddings: Tensor, states: Tensor) -> Tensor:
         """Cross-entropy over negative hyperbolic distances to the other batch samples, with the

@@ -35,7 +35,7 @@ from .preprocessing import prepare_image, upsample_maps
 from .reference_index import ReferenceIndex
 from .report_text import split_sentences
 from .text_encoder import TextEncoder
-from .visual_encoder import VisualEncoder, VisualFeatures
+from .visual_encoder import VisualEncoder, VisualFeatures, coarsen
 
 
 @dataclass
@@ -60,7 +60,12 @@ class REVTAF(nn.Module):
         self.text = TextEncoder(config, tokenizer)
         aligns = config.use_lre or config.use_fvtaf
         self.fvtaf = FVTAF(config) if aligns else None
-        self.entity_scores = EntityScores(len(config.prompts)) if aligns else None
+        self.entity_scores = (
+            EntityScores(len(config.prompts), config.entity_pooling, config.sinkhorn_epsilon) if aligns else None
+        )
+        self.prompt_offsets = None
+        if aligns and config.prompt_offsets:
+            self.prompt_offsets = nn.Parameter(torch.randn(len(config.prompts), config.d_model))
         self.lre = LearnableRetrievalEnhancer(config) if config.use_lre else None
         self.diagnosis = DiagnosisHead(config)
         self.decoder = ReportDecoder(config, tokenizer)
@@ -75,9 +80,12 @@ class REVTAF(nn.Module):
         visual = self.visual(images)
         prompts = region = entity_logits = None
         if self.fvtaf is not None:
-            prompts = self.text(self.config.prompts).unsqueeze(0).expand(images.shape[0], -1, -1)
+            prompts = self.text(self.config.prompts)
+            if self.prompt_offsets is not None:
+                prompts = prompts + self.prompt_offsets
+            prompts = prompts.unsqueeze(0).expand(images.shape[0], -1, -1)
             region = self.fvtaf.align_regions(visual.tokens, prompts)
-            entity_logits = self.entity_scores(region.alignment)
+            entity_logits = self.entity_scores(region)
         query = self.lre(entity_logits) if self.lre is not None else F.normalize(visual.pooled, dim=-1)
         return _Encoded(visual, prompts, region, entity_logits, query)
 
@@ -100,30 +108,50 @@ class REVTAF(nn.Module):
         sentences, mask = sentences.to(encoded.visual.tokens.device), mask.to(encoded.visual.tokens.device)
         return self.fvtaf.align_global(encoded.visual.tokens, sentences, mask), sentences, mask
 
+    def _memory(self, encoded: _Encoded, global_: MPSAOutput | None) -> Tensor:
+        """The decoder's cross-attention memory: both fused token sets (FVTAF) or the plain patch
+        tokens. With the feature pyramid each set is averaged over 2 x 2 tokens, back to the
+        backbone's own stride: the fine grid is for the heatmaps, and the decoder attends to a
+        quarter of the tokens."""
+        parts = [encoded.visual.tokens] if global_ is None else [encoded.region.fused, global_.fused]
+        if self.visual.lateral is not None:
+            parts = [coarsen(p, encoded.visual.grid, encoded.visual.n_views) for p in parts]
+        return torch.cat(parts, dim=1)
+
     # ------------------------------------------------------------------ training
-    def forward(self, batch: dict) -> dict[str, Tensor]:
+    def forward(self, batch: dict, *, image_only: bool = False) -> dict[str, Tensor]:
         """batch: images [B, V, 1, H, W], report_ids / report_mask [B, T] (report tokens without
         specials), states [B, 14] (State values), study_ids (list of B str, excluded from their
-        own retrieval). Returns the total ``loss`` and each term."""
+        own retrieval). Returns the total ``loss`` and each term.
+
+        ``image_only``: the image-side warm-up objective, the label-supervised entity scores
+        alone (no retrieval, diagnosis or decoder; the other terms are returned as 0). A
+        from-scratch image encoder learns the findings far faster per second this way than
+        under the full objective, whose language and ranking terms dominate it at first."""
         states = batch["states"].long()
         encoded = self._encode(batch["images"])
         zero = encoded.visual.pooled.sum() * 0.0
-        losses = {"rank": zero, "entity": zero, "align": zero}
-        if self.lre is not None:
-            losses["rank"] = self.lre.ranking_loss(encoded.query, states)
+        losses = {"rank": zero, "entity": zero, "align": zero, "cls": zero, "lm": zero}
         if encoded.entity_logits is not None:
             losses["entity"] = entity_loss(encoded.entity_logits, states)
+        if image_only:
+            if encoded.entity_logits is None:
+                raise ValueError("image_only needs the entity scores (use_lre or use_fvtaf)")
+            losses["loss"] = self.config.entity_weight * losses["entity"]
+            return losses
+        if self.lre is not None:
+            losses["rank"] = self.lre.ranking_loss(encoded.query, states)
 
         _, indices = self._retrieve(encoded.query, batch.get("study_ids"))
         reference_text, reference_states = self._references(indices)
-        logits = self.diagnosis(encoded.visual.pooled, reference_text, reference_states)
+        logits = self.diagnosis(encoded.visual.pooled, reference_text, reference_states, encoded.entity_logits)
         losses["cls"] = self.diagnosis.loss(logits, states)
 
-        memory = encoded.visual.tokens
+        global_ = None
         if self.fvtaf is not None and self.fvtaf.fuses:
             global_, sentences, mask = self._global(encoded, indices[:, 0])
-            memory = self.fvtaf.memory(encoded.region, global_)
             losses["align"] = consistency_loss(encoded.region.maps, global_.maps, encoded.prompts, sentences, mask)
+        memory = self._memory(encoded, global_)
         # Teacher forcing: the true states are the prompt during training (PromptMRG).
         losses["lm"] = self.decoder.loss(memory, states, batch["report_ids"], batch["report_mask"])
 
@@ -166,7 +194,8 @@ class REVTAF(nn.Module):
         """Raw diagnosis logits [B, 14, 4] from the image and its top-k references (with their
         distances and indices)."""
         distances, indices = self._retrieve(encoded.query, None)
-        return self.diagnosis(encoded.visual.pooled, *self._references(indices)), distances, indices
+        logits = self.diagnosis(encoded.visual.pooled, *self._references(indices), encoded.entity_logits)
+        return logits, distances, indices
 
     @torch.no_grad()
     def diagnosis_logits(self, images: Tensor) -> Tensor:
@@ -193,12 +222,11 @@ class REVTAF(nn.Module):
         logits, distances, indices = self._diagnose(encoded)
         probabilities, states = self.diagnosis.decide(logits, self.config.decision_adjustment)
 
-        memory, global_ = encoded.visual.tokens, None
+        global_ = None
         if self.fvtaf is not None and self.fvtaf.fuses:
             global_, _, _ = self._global(encoded, indices[:, 0])
-            memory = self.fvtaf.memory(encoded.region, global_)
         texts = self.decoder.generate(
-            memory,
+            self._memory(encoded, global_),
             states,
             num_beams=num_beams or c.num_beams,
             max_new_tokens=max_new_tokens or c.max_new_tokens,

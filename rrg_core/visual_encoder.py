@@ -1,11 +1,16 @@
 """Visual encoder: a ResNet (transformers' implementation, so no torchvision) turning one or
 two views of a study into patch tokens for MPSA and a pooled vector for the diagnosis head.
+
+With ``feature_pyramid`` the tokens sit at half the backbone's stride: the last stage,
+upsampled, plus a projection of the stage before it (an FPN top-down step), so each token
+keeps the deep stage's context and the heatmaps get a grid fine enough for small findings.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import ResNetConfig, ResNetModel
 
@@ -39,6 +44,11 @@ class VisualEncoder(nn.Module):
         self.in_channels = self.backbone.config.num_channels
         width = self.backbone.config.hidden_sizes[-1]
         self.project = nn.Sequential(nn.Linear(width, config.d_model), nn.LayerNorm(config.d_model))
+        self.lateral = None
+        if config.feature_pyramid:
+            if len(self.backbone.config.hidden_sizes) < 2:
+                raise ValueError("feature_pyramid needs a backbone with at least two stages")
+            self.lateral = nn.Linear(self.backbone.config.hidden_sizes[-2], config.d_model)
         # Which view a token came from (frontal/lateral), added after projection.
         self.view_embedding = nn.Parameter(torch.zeros(config.n_views, config.d_model))
         # A learned 2-D position code on the token grid helps the decoder say "left"/"right".
@@ -51,7 +61,8 @@ class VisualEncoder(nn.Module):
     @property
     def stride(self) -> int:
         # stem: conv stride 2 + max-pool stride 2; every stage after the first halves again
-        return 4 * 2 ** (len(self.backbone.config.hidden_sizes) - 1)
+        deepest = 4 * 2 ** (len(self.backbone.config.hidden_sizes) - 1)
+        return deepest // 2 if self.lateral is not None else deepest
 
     def forward(self, images: Tensor) -> VisualFeatures:
         """images: [B, V, 1, H, W], normalised (see :func:`rrg_core.preprocessing.prepare_image`)."""
@@ -62,9 +73,23 @@ class VisualEncoder(nn.Module):
         flat = images.reshape(b * v, 1, h, w)
         if self.in_channels != 1:
             flat = flat.expand(-1, self.in_channels, -1, -1)
-        feature_map = self.backbone(flat).last_hidden_state  # [B*V, C, h', w']
-        gh, gw = feature_map.shape[-2:]
-        tokens = self.project(feature_map.flatten(2).transpose(1, 2))  # [B*V, h'w', D]
+        features = self.backbone(flat, output_hidden_states=self.lateral is not None)
+        linear, norm = self.project
+        tokens = linear(features.last_hidden_state.permute(0, 2, 3, 1))  # [B*V, h', w', D]
+        if self.lateral is not None:
+            finer = features.hidden_states[-2]  # the stage before the last, twice the resolution
+            upsampled = F.interpolate(tokens.permute(0, 3, 1, 2), size=finer.shape[-2:], mode="nearest")
+            tokens = upsampled.permute(0, 2, 3, 1) + self.lateral(finer.permute(0, 2, 3, 1))
+        gh, gw = tokens.shape[1:3]
+        tokens = norm(tokens.flatten(1, 2))  # [B*V, h'w', D]
         tokens = (tokens + self.position_embedding).reshape(b, v, gh * gw, -1) + self.view_embedding[None, :, None, :]
         pooled = tokens.mean(dim=2).mean(dim=1)
         return VisualFeatures(tokens=tokens.reshape(b, v * gh * gw, -1), pooled=pooled, grid=(gh, gw), n_views=v)
+
+
+def coarsen(tokens: Tensor, grid: tuple[int, int], n_views: int) -> Tensor:
+    """[B, V * h * w, D] tokens -> [B, V * ceil(h/2) * ceil(w/2), D], each view's grid averaged over 2 x 2."""
+    b, _, d = tokens.shape
+    maps = tokens.reshape(b * n_views, grid[0], grid[1], d).permute(0, 3, 1, 2)
+    pooled = F.avg_pool2d(maps, 2, ceil_mode=True)
+    return pooled.flatten(2).transpose(1, 2).reshape(b, -1, d)

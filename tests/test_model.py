@@ -215,3 +215,63 @@ def test_decision_adjustment_trades_positives_for_precision():
     assert (balanced == 1).all() and (posterior != 1).all()
     assert torch.allclose(probabilities.sum(-1), torch.ones(3, 14))
     assert probabilities[0, 0, 1] < 0.5  # the reported probability is the posterior
+
+
+def test_feature_pyramid_halves_the_token_stride_and_uses_both_stages():
+    fine, batch = tiny_model()
+    coarse, _ = tiny_model(feature_pyramid=False)
+    size = fine.config.image_size
+    assert fine.visual(batch["images"]).grid == (size // 8, size // 8)
+    assert coarse.visual(batch["images"]).grid == (size // 16, size // 16)
+    fine.visual(batch["images"]).tokens.square().sum().backward()
+    assert fine.visual.lateral.weight.grad.abs().sum() > 0 and fine.visual.project[0].weight.grad.abs().sum() > 0
+
+
+def test_similarity_pooling_is_a_soft_maximum_of_the_mpsa_cosine():
+    model, batch = tiny_model()
+    region = model._encode(batch["images"]).region
+    scores = model.entity_scores
+    pooled = (scores(region) - scores.bias) / scores.scale
+    t = model.config.sinkhorn_epsilon
+    expected = t * (torch.logsumexp(region.similarity / t, -1) - math.log(region.similarity.shape[-1]))
+    torch.testing.assert_close(pooled, expected)
+    # between the mean and the maximum of the cosines, and close to the maximum at this temperature
+    assert (pooled <= region.similarity.amax(-1) + 1e-6).all() and (pooled >= region.similarity.mean(-1) - 1e-6).all()
+
+
+def test_alignment_pooling_still_reads_the_dot_product():
+    model, batch = tiny_model(entity_pooling="alignment", prompt_offsets=False, diagnosis_evidence=False)
+    region = model._encode(batch["images"]).region
+    expected = torch.logsumexp(region.alignment, -1) - math.log(region.alignment.shape[-1])
+    torch.testing.assert_close(model.entity_scores(region), expected)  # scale 1, bias 0 at init
+    assert model.prompt_offsets is None and model.diagnosis.evidence is None
+
+
+def test_ranking_loss_trains_the_hyperbolic_network_only():
+    """As with REVTAF's frozen MedKLIP, retrieval ranking must not pull on the image encoder."""
+    model, batch = tiny_model()
+    encoded = model._encode(batch["images"])
+    model.lre.ranking_loss(encoded.query, batch["states"]).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.visual.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.lre.parameters())
+
+
+def test_diagnosis_reads_the_entity_scores():
+    model, batch = tiny_model()
+    model.eval()
+    encoded = model._encode(batch["images"])
+    _, indices = model._retrieve(encoded.query, None)
+    refs = model._references(indices)
+    logits = model.diagnosis(encoded.visual.pooled, *refs, encoded.entity_logits)
+    shifted = model.diagnosis(encoded.visual.pooled, *refs, encoded.entity_logits + torch.randn_like(encoded.entity_logits))
+    assert not torch.allclose(logits, shifted)
+
+
+def test_prompt_offsets_are_added_to_the_prompt_text_embeddings():
+    model, batch = tiny_model()
+    model.eval()
+    encoded = model._encode(batch["images"])
+    torch.testing.assert_close(encoded.prompts[0], model.text(model.config.prompts) + model.prompt_offsets)
+    with torch.no_grad():
+        model.prompt_offsets.zero_()
+    torch.testing.assert_close(model._encode(batch["images"]).prompts[0], model.text(model.config.prompts))

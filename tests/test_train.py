@@ -54,3 +54,29 @@ def test_tiny_fit_resume_and_evaluate(tmp_path, capsys):
     assert {"micro", "macro", "example", "per_class", "head", "tail"} <= set(result["ce"])
     assert 0 <= result["avg"] <= 1 and "hamming" in result["retrieval"]
     assert result["grounding"]["overall"]["n"] >= 1
+
+
+@pytest.mark.slow
+def test_image_warmup_epochs_train_the_image_side_alone(tmp_path, capsys):
+    import csv
+
+    data = write_tiny_dataset(tmp_path / "data", masks=True)
+    cfg = TrainConfig(
+        data=str(data), preset="tiny", vocab_size=200, epochs=2, image_warmup_epochs=1, batch_size=4,
+        lr=1e-3, min_lr=1e-4, warmup_steps=2, log_every=1, out_dir=str(tmp_path / "run"),
+    )
+    best = fit(cfg)
+    rows = list(csv.DictReader((tmp_path / "run" / "train.csv").open()))
+    warmup = [r for r in rows if r["epoch"] == "1"]
+    full = [r for r in rows if r["epoch"] == "2"]
+    assert warmup and full
+    assert all(float(r["lm"]) == 0 and float(r["cls"]) == 0 and float(r["entity"]) > 0 for r in warmup)
+    assert all(float(r["lm"]) > 0 for r in full)
+    assert [r["epoch"] for r in csv.DictReader((tmp_path / "run" / "val.csv").open())] == ["2"]
+    assert "image warm-up" in capsys.readouterr().out
+    assert json.loads((best / "val_metrics.json").read_text())["epoch"] == 2
+
+
+def test_image_warmup_must_leave_full_epochs():
+    with pytest.raises(SystemExit, match="image_warmup_epochs"):
+        TrainConfig(epochs=2, image_warmup_epochs=2)

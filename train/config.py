@@ -23,6 +23,9 @@ class TrainConfig:
     vocab_size: int = 2000
     # optimisation (paper: AdamW, warm-up from 5e-7 over 2,000 steps, cosine 5e-5 -> 5e-6, wd 0.05)
     epochs: int = 10
+    # The first epochs train the image side alone on the labels (REVTAF.forward image_only):
+    # a from-scratch encoder then enters the full objective already seeing the findings.
+    image_warmup_epochs: int = 0
     batch_size: int = 16
     lr: float = 3e-4
     min_lr: float = 3e-5
@@ -39,6 +42,13 @@ class TrainConfig:
     keep_index_texts: bool = True  # False for data whose report text may not be redistributed
     log_every: int = 20
     out_dir: str = "runs/default"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.image_warmup_epochs < self.epochs:
+            raise SystemExit(
+                f"image_warmup_epochs ({self.image_warmup_epochs}) must be at least 0 and below epochs "
+                f"({self.epochs}): the model needs full epochs to learn to write"
+            )
 
     @classmethod
     def load(cls, name_or_path: str, **overrides: Any) -> "TrainConfig":

@@ -174,15 +174,20 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
 
     log = RunLog(out, main)
     started = time.time()
-    # The index is rebuilt with the current weights before training and after every epoch, so
-    # validation and the saved best model always retrieve with the embeddings they produce.
-    core.index = build_index(core, index_loader, keep_texts=cfg.keep_index_texts)
+    # The index is rebuilt with the current weights before the first full epoch and after every
+    # full epoch, so training, validation and the saved best model always retrieve with the
+    # embeddings they produce. Image warm-up epochs do not retrieve.
+    index_is_stale = True
     for epoch in range(state["epoch"], cfg.epochs):
+        image_only = epoch < cfg.image_warmup_epochs
+        if index_is_stale and not image_only:
+            core.index = build_index(core, index_loader, keep_texts=cfg.keep_index_texts)
         train_loader.dataset.epoch = epoch
         running = {k: 0.0 for k in LOSS_TERMS}
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not main, dynamic_ncols=True)
+        stage = " (image warm-up)" if image_only else ""
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}{stage}", disable=not main, dynamic_ncols=True)
         for i, batch in enumerate(bar, 1):
-            losses = model(batch)
+            losses = model(batch, image_only=image_only)
             accelerator.backward(losses["loss"])
             if cfg.grad_clip:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -197,16 +202,22 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
                 log({"phase": "train", "epoch": epoch + 1, "step": state["step"], "lr": scheduler.get_last_lr()[0],
                      **{k: running[k] / i for k in LOSS_TERMS}, "elapsed_s": round(time.time() - started, 1)})
 
-        core.index = build_index(core, index_loader, keep_texts=cfg.keep_index_texts)
-        val = validate(model, val_loader, accelerator) if len(val_studies) else {"val_loss": running["loss"] / i}
-        log({"phase": "val", "epoch": epoch + 1, "step": state["step"], **val, "elapsed_s": round(time.time() - started, 1)})
-        accelerator.print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
-        improved = val["val_loss"] < state["best_val"]
-        state.update(epoch=epoch + 1, best_val=min(state["best_val"], val["val_loss"]))
-        accelerator.wait_for_everyone()
-        if improved and main:
-            core.save_pretrained(out / "best")
-            (out / "best" / "val_metrics.json").write_text(json.dumps({"epoch": epoch + 1, **val}, indent=2))
+        if image_only:  # nothing to validate or keep yet: the decoder has not trained
+            accelerator.print(f"epoch {epoch + 1} (image warm-up): entity {running['entity'] / i:.3f}")
+            state.update(epoch=epoch + 1)
+        else:
+            core.index = build_index(core, index_loader, keep_texts=cfg.keep_index_texts)
+            index_is_stale = False
+            val = validate(model, val_loader, accelerator) if len(val_studies) else {"val_loss": running["loss"] / i}
+            log({"phase": "val", "epoch": epoch + 1, "step": state["step"], **val,
+                 "elapsed_s": round(time.time() - started, 1)})
+            accelerator.print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
+            improved = val["val_loss"] < state["best_val"]
+            state.update(epoch=epoch + 1, best_val=min(state["best_val"], val["val_loss"]))
+            accelerator.wait_for_everyone()
+            if improved and main:
+                core.save_pretrained(out / "best")
+                (out / "best" / "val_metrics.json").write_text(json.dumps({"epoch": epoch + 1, **val}, indent=2))
         accelerator.save_state(str(checkpoint))
         if main:
             (checkpoint / "state.json").write_text(json.dumps(state))
