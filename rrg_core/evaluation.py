@@ -29,6 +29,9 @@ from .prompts import FINDING_PROMPTS
 from .study_dataset import study_loader
 
 
+POINTING_TOLERANCE_PX = 15
+
+
 def _masks(study: Study) -> dict[str, list[np.ndarray]]:
     return {
         name: [np.asarray(Image.open(p).convert("L")) > 127 for p in paths]
@@ -135,6 +138,9 @@ def evaluate(
     grounding_items = list(_grounding_items(studies, reports))
     if grounding_items:
         result["grounding"] = grounding_metrics(grounding_items)
+        # The pointing game as first defined (Zhang et al., 2016) forgives a peak within 15 pixels
+        # of the region; the strict form above requires the peak inside the mask.
+        result["grounding_15px"] = grounding_metrics(grounding_items, tolerance=POINTING_TOLERANCE_PX)
     return result
 
 

@@ -54,6 +54,8 @@ def test_tiny_fit_resume_and_evaluate(tmp_path, capsys):
     assert {"micro", "macro", "example", "per_class", "head", "tail"} <= set(result["ce"])
     assert 0 <= result["avg"] <= 1 and "hamming" in result["retrieval"]
     assert result["grounding"]["overall"]["n"] >= 1
+    strict, tolerant = result["grounding"]["overall"], result["grounding_15px"]["overall"]
+    assert tolerant["n"] == strict["n"] and tolerant["pointing_game"] >= strict["pointing_game"]
 
 
 @pytest.mark.slow

@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"retrieval: mean Hamming {r['hamming']:.2f}, label-match P@1 {r['precision_at_1']:.3f}")
     if "grounding" in result:
         g = result["grounding"]["overall"]
-        print(f"grounding: pointing game {g['pointing_game']:.3f}, IoU {g['iou']:.3f} over {g['n']} findings")
+        tolerant = result["grounding_15px"]["overall"]["pointing_game"]
+        print(f"grounding: pointing game {g['pointing_game']:.3f} (within 15 px: {tolerant:.3f}), "
+              f"IoU {g['iou']:.3f} over {g['n']} findings")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))

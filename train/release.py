@@ -34,6 +34,7 @@ def headline(result: dict) -> dict[str, float]:
     out["retrieval label-match P@1"] = result["retrieval"]["precision_at_1"]
     if "grounding" in result:
         out["pointing game"] = result["grounding"]["overall"]["pointing_game"]
+        out["pointing game, 15 px tolerance"] = result["grounding_15px"]["overall"]["pointing_game"]
         out["grounding IoU"] = result["grounding"]["overall"]["iou"]
     out["evaluated studies"] = result["n"]
     return out
