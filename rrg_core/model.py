@@ -114,7 +114,7 @@ class REVTAF(nn.Module):
         backbone's own stride: the fine grid is for the heatmaps, and the decoder attends to a
         quarter of the tokens."""
         parts = [encoded.visual.tokens] if global_ is None else [encoded.region.fused, global_.fused]
-        if self.visual.lateral is not None:
+        if self.config.feature_pyramid:
             parts = [coarsen(p, encoded.visual.grid, encoded.visual.n_views) for p in parts]
         return torch.cat(parts, dim=1)
 

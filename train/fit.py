@@ -177,10 +177,9 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     # The index is rebuilt with the current weights before the first full epoch and after every
     # full epoch, so training, validation and the saved best model always retrieve with the
     # embeddings they produce. Image warm-up epochs do not retrieve.
-    index_is_stale = True
     for epoch in range(state["epoch"], cfg.epochs):
         image_only = epoch < cfg.image_warmup_epochs
-        if index_is_stale and not image_only:
+        if core.index is None and not image_only:
             core.index = build_index(core, index_loader, keep_texts=cfg.keep_index_texts)
         train_loader.dataset.epoch = epoch
         running = {k: 0.0 for k in LOSS_TERMS}
@@ -207,7 +206,6 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
             state.update(epoch=epoch + 1)
         else:
             core.index = build_index(core, index_loader, keep_texts=cfg.keep_index_texts)
-            index_is_stale = False
             val = validate(model, val_loader, accelerator) if len(val_studies) else {"val_loss": running["loss"] / i}
             log({"phase": "val", "epoch": epoch + 1, "step": state["step"], **val,
                  "elapsed_s": round(time.time() - started, 1)})
