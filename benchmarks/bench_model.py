@@ -1,4 +1,4 @@
-"""Parameter counts and CPU forward / generate times per preset.
+"""Parameter counts and CPU train-step / image warm-up step / generate times per preset.
 
     python -m benchmarks.bench_model [--presets tiny small paper] [--batch 8] [--threads 2]
 
@@ -49,8 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = train_tokenizer(TEXT * 5, vocab_size=300, min_frequency=1)
-    print(f"| preset | parameters | train step (fwd+bwd), batch {args.batch} | generate, batch {args.batch}, "
-          f"beam 3, {args.tokens} tokens |\n| --- | --- | --- | --- |")
+    print(f"| preset | parameters | train step (fwd+bwd), batch {args.batch} | image warm-up step | full / warm-up "
+          f"| generate, batch {args.batch}, beam 3, {args.tokens} tokens |\n| --- | --- | --- | --- | --- | --- |")
     for name in args.presets:
         config = REVTAFConfig.preset(name, vocab_size=len(tokenizer), backbone_hub_id=None, text_hub_id=None,
                                      decoder_hub_id=None, top_k=3)
@@ -60,16 +60,19 @@ def main() -> None:
         model.index = build_index(model, [batch])
         params = sum(p.numel() for p in model.parameters())
 
-        def step():
+        def step(image_only: bool = False):
             model.zero_grad()
-            model(batch)["loss"].backward()
+            model(batch, image_only=image_only)["loss"].backward()
 
-        train_s = timed(step, repeats=1 if name == "paper" else 2)
+        repeats = 1 if name == "paper" else 2
+        train_s = timed(step, repeats)
+        warmup_s = timed(lambda: step(image_only=True), repeats)
         model.eval()
         tokens = min(args.tokens, config.max_report_tokens)
         gen_s = timed(lambda: model.generate(batch["images"], num_beams=3, min_new_tokens=tokens,
                                              max_new_tokens=tokens), repeats=1)
-        print(f"| {name} | {params / 1e6:.1f} M | {train_s:.2f} s | {gen_s:.2f} s |", flush=True)
+        print(f"| {name} | {params / 1e6:.1f} M | {train_s:.2f} s | {warmup_s:.2f} s | {train_s / warmup_s:.1f}x "
+              f"| {gen_s:.2f} s |", flush=True)
 
 
 if __name__ == "__main__":
