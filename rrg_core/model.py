@@ -128,6 +128,8 @@ class REVTAF(nn.Module):
         alone (no retrieval, diagnosis or decoder; the other terms are returned as 0). A
         from-scratch image encoder learns the findings far faster per second this way than
         under the full objective, whose language and ranking terms dominate it at first."""
+        if image_only and self.entity_scores is None:
+            raise ValueError("image_only needs the entity scores (use_lre or use_fvtaf)")
         states = batch["states"].long()
         encoded = self._encode(batch["images"])
         zero = encoded.visual.pooled.sum() * 0.0
@@ -135,8 +137,6 @@ class REVTAF(nn.Module):
         if encoded.entity_logits is not None:
             losses["entity"] = entity_loss(encoded.entity_logits, states)
         if image_only:
-            if encoded.entity_logits is None:
-                raise ValueError("image_only needs the entity scores (use_lre or use_fvtaf)")
             losses["loss"] = self.config.entity_weight * losses["entity"]
             return losses
         if self.lre is not None:

@@ -66,15 +66,15 @@ class MultiPromptSinkhornAttention(nn.Module):
         cols = prompt_mask.bool().unsqueeze(1)  # [B, 1, K], broadcast over heads
         q, k, v = self._split(self.q_proj(tokens)), self._split(self.k_proj(prompts)), self._split(self.v_proj(prompts))
         cosine = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)  # [B, H, P, K]
+        scaled = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # softmax scores and the alignment
 
         if self.mode == "sinkhorn":
             plan = log_sinkhorn(1 - cosine, self.epsilon, self.max_iter, self.tol, col_mask=cols).plan
             weights = plan * n_patches  # each patch row sums to 1
             head_maps = plan * prompt_mask.sum(-1).view(-1, 1, 1, 1)  # each prompt column sums to 1
         else:
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
             # finfo.min rather than -inf: a sample without any prompt gets zero weights, not NaN
-            scores = scores.masked_fill(~cols.unsqueeze(-2), torch.finfo(scores.dtype).min)
+            scores = scaled.masked_fill(~cols.unsqueeze(-2), torch.finfo(scaled.dtype).min)
             weights = scores.softmax(-1) * cols.unsqueeze(-2)
             head_maps = weights / weights.sum(-2, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
 
@@ -82,7 +82,7 @@ class MultiPromptSinkhornAttention(nn.Module):
         fused = self.norm(tokens + self.dropout(self.out_proj(attended)))
         maps = head_maps.mean(1).transpose(-1, -2)
         similarity = cosine.mean(1).transpose(-1, -2)
-        alignment = ((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])).mean(1).transpose(-1, -2)
+        alignment = scaled.mean(1).transpose(-1, -2)
         return MPSAOutput(fused, maps, similarity, alignment)
 
     def _split(self, x: Tensor) -> Tensor:

@@ -275,3 +275,13 @@ def test_prompt_offsets_are_added_to_the_prompt_text_embeddings():
     with torch.no_grad():
         model.prompt_offsets.zero_()
     torch.testing.assert_close(model._encode(batch["images"]).prompts[0], model.text(model.config.prompts))
+
+
+def test_image_only_needs_the_entity_scores():
+    model, batch = tiny_model(use_lre=False, use_fvtaf=False)
+    with pytest.raises(ValueError, match="image_only needs the entity scores"):
+        model(batch, image_only=True)
+    full, _ = tiny_model()
+    losses = full(batch, image_only=True)
+    assert losses["lm"] == 0 and losses["cls"] == 0 and losses["entity"] > 0
+    torch.testing.assert_close(losses["loss"], full.config.entity_weight * losses["entity"])
