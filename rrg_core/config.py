@@ -32,6 +32,9 @@ class REVTAFConfig:
     # Tokens at half the backbone's stride (its last two stages merged, FPN-style): a finer grid
     # for the heatmaps; a 10 x 10 grid cannot point inside a small finding.
     feature_pyramid: bool = True
+    # How the deep stage is doubled onto the finer grid: "aligned" keeps every deep token on its
+    # own receptive-field centre; "nearest" (weights trained before it) shifts odd tokens by one.
+    pyramid_upsampling: str = "aligned"
     # ---- shared width of visual tokens, prompts and memory ---------------------------------
     d_model: int = 256
     n_heads: int = 4
@@ -95,6 +98,8 @@ class REVTAFConfig:
             raise ValueError(f"unknown retrieval_metric {self.retrieval_metric!r}")
         if self.entity_pooling not in ("similarity", "alignment"):
             raise ValueError(f"unknown entity_pooling {self.entity_pooling!r}")
+        if self.pyramid_upsampling not in ("aligned", "nearest"):
+            raise ValueError(f"unknown pyramid_upsampling {self.pyramid_upsampling!r}")
         if self.resnet_layer_type not in ("basic", "bottleneck"):
             raise ValueError(f"unknown resnet_layer_type {self.resnet_layer_type!r}")
         if len(self.resnet_depths) != len(self.resnet_hidden_sizes):

@@ -275,7 +275,7 @@ class REVTAF(nn.Module):
         for v in range(views):
             span = slice(v * grid[0] * grid[1], (v + 1) * grid[0] * grid[1])
             size = tuple(sizes[min(v, len(sizes) - 1)])
-            region = upsample_maps(encoded.region.maps[b, :, span], grid, size)
+            region = upsample_maps(encoded.region.maps[b, :, span], grid, size, self.config.image_size)
             out += [
                 AttentionMap(p, "region", region[k], view=v, observation=names[k])
                 for k, p in enumerate(self.config.prompts)
@@ -283,7 +283,8 @@ class REVTAF(nn.Module):
             if global_ is not None:
                 # Masked sentences have all-zero maps, so a plain sum is the mask-weighted sum.
                 merged = global_.maps[b, :, span].sum(0, keepdim=True)
-                out.append(AttentionMap("retrieved reference report", "global", upsample_maps(merged, grid, size)[0], view=v))
+                merged = upsample_maps(merged, grid, size, self.config.image_size)[0]
+                out.append(AttentionMap("retrieved reference report", "global", merged, view=v))
         return out
 
     # ------------------------------------------------------------------ Hub-style persistence

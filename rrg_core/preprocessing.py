@@ -19,10 +19,22 @@ def prepare_image(pixels: np.ndarray, size: int, mean: float = 0.5, std: float =
     return ((image[0] - mean) / std).float()
 
 
-def upsample_maps(maps: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """[..., h*w] maps on the token grid -> float32 [..., H, W] at image resolution, each summing to 1."""
+def upsample_maps(maps: Tensor, grid: tuple[int, int], size: tuple[int, int], input_size: int) -> np.ndarray:
+    """[..., h*w] maps on the token grid -> float32 [..., H, W] at image resolution, each summing to 1.
+
+    A ResNet's strided layers pad symmetrically, so token i of a stride-s grid is centred on
+    input pixel s * i, not on the middle of its cell (s * i + s/2, where a plain resize would put
+    it): half a token up and left, 10-20 pixels on a full-size radiograph. The maps are sampled
+    at each output pixel's position on that token lattice (clamped at the border)."""
     lead = maps.shape[:-1]
     grid_maps = maps.reshape(-1, 1, *grid).float()
-    full = F.interpolate(grid_maps, size=size, mode="bilinear", align_corners=False).clamp(min=0)
+    axes = []
+    for n_out, n_tokens in zip(size, grid):
+        centres = (torch.arange(n_out, dtype=torch.float32) + 0.5) * input_size / n_out  # in input pixels
+        index = (centres - 0.5) / (input_size / n_tokens)  # fractional token index
+        axes.append(index / max(n_tokens - 1, 1) * 2 - 1)  # grid_sample's align_corners=True scale
+    ys, xs = torch.meshgrid(*axes, indexing="ij")
+    sample = torch.stack([xs, ys], dim=-1).to(grid_maps.device).expand(len(grid_maps), -1, -1, -1)
+    full = F.grid_sample(grid_maps, sample, mode="bilinear", padding_mode="border", align_corners=True).clamp(min=0)
     full = full / full.sum(dim=(-2, -1), keepdim=True).clamp(min=1e-12)
     return full.reshape(*lead, *size).cpu().numpy()

@@ -55,6 +55,7 @@ class VisualEncoder(nn.Module):
         side = config.image_size // self.stride
         self.position_embedding = nn.Parameter(torch.zeros(side * side, config.d_model))
         nn.init.normal_(self.position_embedding, std=0.02)
+        self.pyramid_upsampling = config.pyramid_upsampling
         self.n_views = config.n_views
         self.image_size = config.image_size
 
@@ -78,13 +79,28 @@ class VisualEncoder(nn.Module):
         tokens = linear(features.last_hidden_state.permute(0, 2, 3, 1))  # [B*V, h', w', D]
         if self.lateral is not None:
             finer = features.hidden_states[-2]  # the stage before the last, twice the resolution
-            upsampled = F.interpolate(tokens.permute(0, 3, 1, 2), size=finer.shape[-2:], mode="nearest")
+            deep = tokens.permute(0, 3, 1, 2)
+            if self.pyramid_upsampling == "aligned":
+                upsampled = upsample_on_lattice(deep, finer.shape[-2:])
+            else:
+                upsampled = F.interpolate(deep, size=finer.shape[-2:], mode="nearest")
             tokens = upsampled.permute(0, 2, 3, 1) + self.lateral(finer.permute(0, 2, 3, 1))
         gh, gw = tokens.shape[1:3]
         tokens = norm(tokens.flatten(1, 2))  # [B*V, h'w', D]
         tokens = (tokens + self.position_embedding).reshape(b, v, gh * gw, -1) + self.view_embedding[None, :, None, :]
         pooled = tokens.mean(dim=2).mean(dim=1)
         return VisualFeatures(tokens=tokens.reshape(b, v * gh * gw, -1), pooled=pooled, grid=(gh, gw), n_views=v)
+
+
+def upsample_on_lattice(deep: Tensor, size: tuple[int, int]) -> Tensor:
+    """[N, D, h, w] -> [N, D, *size] (size at most 2h x 2w), doubling the grid so that deep token n
+    stays on fine token 2n: both are centred on the same input pixel (strided layers pad
+    symmetrically, see :func:`rrg_core.preprocessing.upsample_maps`), so fine token i reads the
+    deep grid at i / 2, bilinearly, clamped at the far border."""
+    h, w = deep.shape[-2:]
+    padded = F.pad(deep, (0, 1, 0, 1), mode="replicate")
+    doubled = F.interpolate(padded, size=(2 * h + 1, 2 * w + 1), mode="bilinear", align_corners=True)
+    return doubled[..., : size[0], : size[1]]
 
 
 def coarsen(tokens: Tensor, grid: tuple[int, int], n_views: int) -> Tensor:

@@ -40,6 +40,7 @@ def test_default_weights_use_the_current_recipe(default_model):
     c = default_model.config
     assert (c.feature_pyramid, c.prompt_offsets, c.entity_pooling, c.diagnosis_evidence) == (True, True, "similarity", True)
     assert default_model.visual.lateral is not None and default_model.diagnosis.evidence is not None
+    assert c.pyramid_upsampling == "nearest"  # trained before the aligned upsampling
 
 
 @pytest.mark.parametrize(

@@ -227,6 +227,55 @@ def test_feature_pyramid_halves_the_token_stride_and_uses_both_stages():
     assert fine.visual.lateral.weight.grad.abs().sum() > 0 and fine.visual.project[0].weight.grad.abs().sum() > 0
 
 
+def _receptive_field_centre(encoder, images, token: tuple[int, int]) -> np.ndarray:
+    """Where in the (first view of the) input a token looks: the centroid of |d token / d pixel|,
+    in continuous pixel coordinates (pixel k spans [k, k + 1))."""
+    images = images.clone().requires_grad_(True)
+    features = encoder(images)
+    gh, gw = features.grid
+    features.tokens.reshape(len(images), encoder.n_views, gh, gw, -1)[:, 0, token[0], token[1]].square().sum().backward()
+    weight = images.grad[:, 0, 0].abs().sum(0)
+    position = torch.arange(weight.shape[-1]) + 0.5
+    return np.array([float((weight.sum(1) * position).sum() / weight.sum()), float((weight.sum(0) * position).sum() / weight.sum())])
+
+
+@pytest.mark.parametrize("feature_pyramid", [False, True])
+def test_heatmaps_put_each_token_on_its_receptive_field(feature_pyramid):
+    """A map that is all on one token must peak where that token looks in the image, odd and
+    even tokens alike (a plain resize puts it half a token down-right; nearest upsampling in the
+    pyramid shifts odd tokens by one more)."""
+    from rrg_core.preprocessing import upsample_maps
+    from rrg_core.visual_encoder import VisualEncoder
+
+    torch.manual_seed(0)
+    config = REVTAFConfig.preset("tiny", image_size=128, feature_pyramid=feature_pyramid)
+    encoder = VisualEncoder(config).eval()
+    images = torch.randn(8, 1, 1, 128, 128)
+    grid = encoder(images).grid
+    stride = 128 / grid[0]
+    errors = []
+    for token in [(grid[0] // 2, grid[1] // 2 - 1), (grid[0] // 2 - 2, grid[1] // 2 + 1), (grid[0] // 2 + 1, grid[1] // 2)]:
+        one_token = torch.zeros(grid[0] * grid[1])
+        one_token[token[0] * grid[1] + token[1]] = 1.0
+        heatmap = upsample_maps(one_token, grid, (128, 128), 128)
+        peak = np.array(np.unravel_index(heatmap.argmax(), heatmap.shape)) + 0.5
+        errors.append(peak - _receptive_field_centre(encoder, images, token))
+    errors = np.array(errors)
+    assert np.abs(errors.mean(0)).max() < stride / 4, errors  # no systematic shift
+    assert np.abs(errors).max() < stride / 2, errors  # and no token off by half a token or more
+
+
+def test_aligned_pyramid_upsampling_keeps_deep_tokens_on_even_fine_tokens():
+    from rrg_core.visual_encoder import upsample_on_lattice
+
+    deep = torch.randn(2, 3, 4, 5)
+    fine = upsample_on_lattice(deep, (8, 9))
+    assert fine.shape == (2, 3, 8, 9)
+    torch.testing.assert_close(fine[..., ::2, ::2], deep)
+    torch.testing.assert_close(fine[..., 1:-1:2, ::2], (deep[..., :-1, :] + deep[..., 1:, :]) / 2)
+    torch.testing.assert_close(fine[..., -1, ::2], deep[..., -1, :])  # clamped at the far border
+
+
 def test_similarity_pooling_is_a_soft_maximum_of_the_mpsa_cosine():
     model, batch = tiny_model()
     region = model._encode(batch["images"]).region

@@ -52,7 +52,12 @@ def run_variant(base: TrainConfig, name: str, seed: int, root: Path, test_limit:
     done = out / "results.json"
     if done.is_file():
         return json.loads(done.read_text())
-    cfg = TrainConfig(**{**base.to_dict(), "seed": seed, "out_dir": str(out), "model": {**base.model, **VARIANTS[name]}})
+    model = {**base.model, **VARIANTS[name]}
+    # The image warm-up trains the entity scores, which only LRE/FVTAF have: the baseline spends
+    # the same number of epochs on the full objective instead.
+    warmup = base.image_warmup_epochs if model.get("use_lre", True) or model.get("use_fvtaf", True) else 0
+    cfg = TrainConfig(**{**base.to_dict(), "seed": seed, "out_dir": str(out), "model": model,
+                         "image_warmup_epochs": warmup})
     torch.manual_seed(seed)
     best = fit(cfg)
     model = from_pretrained(best)
