@@ -45,3 +45,39 @@ def test_a_variant_trains_evaluates_and_is_reused(tmp_path):
     assert config["use_lre"] is True and config["use_fvtaf"] is False
     (saved / "results.json").write_text(json.dumps({**first, "n": -1}))
     assert run_variant(base, "+LRE", 0, tmp_path / "runs", test_limit=2)["n"] == -1
+
+
+def test_jobs_train_in_parallel_processes_each_with_its_share_and_its_gpu(tmp_path, monkeypatch):
+    """--jobs: one process per run, the cores split between the concurrent runs, concurrent runs
+    on different GPUs, and a failed run reported (not silently retrained in-process)."""
+    import argparse
+    import subprocess
+    import threading
+
+    from train import ablations
+
+    both_running = threading.Barrier(2, timeout=10)
+    calls = []
+
+    def fake_run(command, env, stdout, stderr):
+        name = command[command.index("--variants") + 1]
+        seed = int(command[command.index("--seeds") + 1])
+        if len(calls) < 2:
+            calls.append(None)
+            both_running.wait()  # the first two runs must be alive at the same time
+        calls.append((name, seed, env["OMP_NUM_THREADS"], env["CUDA_VISIBLE_DEVICES"]))
+        return subprocess.CompletedProcess(command, 3 if name == "+LRE" else 0)
+
+    monkeypatch.setattr(ablations.subprocess, "run", fake_run)
+    monkeypatch.setattr(ablations.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(ablations.torch.cuda, "device_count", lambda: 2)
+    args = argparse.Namespace(jobs=2, config="synthcxr-ablation", runs=str(tmp_path), test_limit=5)
+    pending = [("+LRE", 0), ("+FVTAF", 0), ("+FVTAF", 1)]
+    failed = ablations.run_in_processes(args, pending, tmp_path / "root")
+
+    runs = [c for c in calls if c is not None]
+    assert sorted((n, s) for n, s, _, _ in runs) == sorted(pending)
+    assert {threads for _, _, threads, _ in runs} == {"4"}
+    assert {gpu for _, _, _, gpu in runs[:2]} == {"0", "1"}
+    assert len(failed) == 1 and failed[0].startswith("+LRE, seed 0: failed (exit 3)")
+    assert (tmp_path / "root" / "lre" / "seed0" / "log.txt").is_file()

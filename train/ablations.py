@@ -5,13 +5,19 @@
 Every variant is trained with ``train.fit`` and evaluated with ``rrg_core.evaluation`` on the
 test split, once per seed; the Markdown report gives mean +- std over seeds. Finished runs
 (``results.json`` present) are reused, so an interrupted ablation continues where it stopped.
+``--jobs N`` trains N runs at once, each in its own process (log in its run folder): on a CPU
+each gets its share of the cores, on a machine with GPUs each its own GPU in turn.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import queue
 import shlex
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +73,39 @@ def run_variant(base: TrainConfig, name: str, seed: int, root: Path, test_limit:
     return result
 
 
+def run_in_processes(args: argparse.Namespace, pending: list[tuple[str, int]], root: Path) -> list[str]:
+    """Train ``pending`` (variant, seed) runs ``args.jobs`` at a time, one process per run;
+    returns the runs that failed."""
+    gpus = torch.cuda.device_count()
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+
+    slots: queue.Queue[int] = queue.Queue()  # which GPU a running job holds
+    for job in range(args.jobs):
+        slots.put(job)
+
+    def launch(name: str, seed: int) -> str | None:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        slot = slots.get()
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+        log = root / slug(name) / f"seed{seed}" / "log.txt"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "train.ablations", "--config", args.config, "--seeds", str(seed),
+                   "--variants", name, "--runs", args.runs, "--out", str(log.with_name("report.md"))]
+        if args.test_limit is not None:
+            command += ["--test-limit", str(args.test_limit)]
+        with log.open("w") as stream:
+            done = subprocess.run(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
+        slots.put(slot)
+        outcome = "done" if done.returncode == 0 else f"failed (exit {done.returncode}), see {log}"
+        print(f"{name}, seed {seed}: {outcome}", flush=True)
+        return None if done.returncode == 0 else f"{name}, seed {seed}: {outcome}"
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        outcomes = list(pool.map(lambda item: launch(*item), pending))
+    return [o for o in outcomes if o]
+
+
 def mean_std(values: list[float]) -> str:
     a = np.asarray(values, dtype=float)
     return f"{a.mean():.3f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.3f}"
@@ -114,10 +153,17 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--runs", default="runs/ablations", help="folder of the per-variant runs")
     parser.add_argument("--out", required=True, help="Markdown file to write (e.g. docs/ablations-synthcxr.md)")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
     args = parser.parse_args(argv)
 
     base = TrainConfig.load(args.config)
     root = Path(args.runs) / Path(args.config).stem
+    if args.jobs > 1:
+        pending = [(name, s) for name in args.variants for s in args.seeds
+                   if not (root / slug(name) / f"seed{s}" / "results.json").is_file()]
+        failed = run_in_processes(args, pending, root)
+        if failed:
+            raise SystemExit("ablation runs failed:\n" + "\n".join(failed))
     results = {name: [run_variant(base, name, s, root, args.test_limit) for s in args.seeds] for name in args.variants}
     command = "python -m train.ablations " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     text = report(results, command, args.title or f"Ablations on {base.data} ({Path(args.config).stem})")
