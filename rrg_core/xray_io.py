@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,10 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 MAX_PIXELS = 50_000_000
 MIN_SIDE = 64
 PERCENTILE_WINDOW = (0.5, 99.5)
+# warnings.catch_warnings swaps the process-wide filter list: two overlapping reads (Gradio serves
+# requests on threads) would restore each other's copies and could leave "ignore" in place for
+# good. Reads take turns instead; decoding one X-ray is quick.
+_WARNINGS_LOCK = threading.Lock()
 _PERCENTILE_NOTE = f"used the {PERCENTILE_WINDOW[0]}-{PERCENTILE_WINDOW[1]} percentile range as the window"
 
 _SUPPORTED = "PNG, JPEG, TIFF, BMP, WebP or DICOM"
@@ -98,7 +103,7 @@ def read_xray(source: str | os.PathLike | bytes) -> XRay:
     is_dicom = _looks_like_dicom(data)
     try:
         # Silenced because pydicom's value validation warnings can quote identifying fields.
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             xray = _read_dicom(data) if is_dicom else _read_raster(data)
     except (UnreadableImage, KeyboardInterrupt, SystemExit):

@@ -495,3 +495,30 @@ def test_iu_xray_pngs_read_unchanged() -> None:
             expected = np.asarray(img.convert("L"), np.float32) / 255
         np.testing.assert_array_equal(xray.pixels, expected)
         assert xray.source_format == "png" and xray.notes == []
+
+
+def test_concurrent_reads_leave_the_warning_filters_as_they_were(monkeypatch) -> None:
+    """Overlapping reads (the demo serves requests on threads) must not leave the process-wide
+    warning filters silenced: each read silences them only while it decodes."""
+    import threading
+    import time
+    import warnings
+
+    from rrg_core import xray_io
+
+    original = xray_io._read_raster
+
+    def slow_read(data: bytes) -> XRay:  # widen the window in which two reads overlap
+        time.sleep(0.2)
+        return original(data)
+
+    monkeypatch.setattr(xray_io, "_read_raster", slow_read)
+    png = _save(Image.fromarray(to_uint8(SOURCE)), "PNG")
+    before = list(warnings.filters)
+    threads = [threading.Thread(target=read_xray, args=(png,)) for _ in range(2)]
+    for i, thread in enumerate(threads):
+        thread.start()
+        time.sleep(0.05 * (i + 1))
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == before
