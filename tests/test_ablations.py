@@ -57,15 +57,18 @@ def test_jobs_train_in_parallel_processes_each_with_its_share_and_its_gpu(tmp_pa
     from train import ablations
 
     both_running = threading.Barrier(2, timeout=10)
-    calls = []
+    lock = threading.Lock()
+    runs, first_two = [], []
 
     def fake_run(command, env, stdout, stderr):
         name = command[command.index("--variants") + 1]
         seed = int(command[command.index("--seeds") + 1])
-        if len(calls) < 2:
-            calls.append(None)
-            both_running.wait()  # the first two runs must be alive at the same time
-        calls.append((name, seed, env["OMP_NUM_THREADS"], env["CUDA_VISIBLE_DEVICES"]))
+        with lock:
+            runs.append((name, seed, env["OMP_NUM_THREADS"]))
+            starting_first = len(runs) <= 2
+        if starting_first:  # the first two runs must be alive at the same time, on different GPUs
+            both_running.wait()
+            first_two.append(env["CUDA_VISIBLE_DEVICES"])
         return subprocess.CompletedProcess(command, 3 if name == "+LRE" else 0)
 
     monkeypatch.setattr(ablations.subprocess, "run", fake_run)
@@ -75,9 +78,8 @@ def test_jobs_train_in_parallel_processes_each_with_its_share_and_its_gpu(tmp_pa
     pending = [("+LRE", 0), ("+FVTAF", 0), ("+FVTAF", 1)]
     failed = ablations.run_in_processes(args, pending, tmp_path / "root")
 
-    runs = [c for c in calls if c is not None]
-    assert sorted((n, s) for n, s, _, _ in runs) == sorted(pending)
-    assert {threads for _, _, threads, _ in runs} == {"4"}
-    assert {gpu for _, _, _, gpu in runs[:2]} == {"0", "1"}
+    assert sorted((n, s) for n, s, _ in runs) == sorted(pending)
+    assert {threads for _, _, threads in runs} == {"4"}
+    assert sorted(first_two) == ["0", "1"]
     assert len(failed) == 1 and failed[0].startswith("+LRE, seed 0: failed (exit 3)")
     assert (tmp_path / "root" / "lre" / "seed0" / "log.txt").is_file()

@@ -76,13 +76,14 @@ def test_release_evaluates_on_fresh_phantoms_and_writes_a_compact_carded_folder(
     data = write_tiny_dataset(tmp_path / "data")
     run = tmp_path / "run"
     fit(TrainConfig(data=str(data), preset="tiny", vocab_size=200, epochs=1, batch_size=4, warmup_steps=1,
-                    out_dir=str(run)))
+                    out_dir=str(run), origin="--config tiny-made-up --set epochs=1"))
     out = tmp_path / "released"
     release.main(["--run", str(run), "--out", str(out), "--eval-phantoms", "8", "--eval-seed", "3", "--half",
                   "--no-texts", "--title", "Tiny", "--training-data", "six made-up reports"])
     card = (out / "README.md").read_text()
     assert "**Training data:** six made-up reports" in card and "8 fresh SynthCXR phantoms (seed 3" in card
     assert "| pointing game |" in card and "python -m train.release --run" in card
+    assert "python -m train.fit --config tiny-made-up --set epochs=1\n" in card  # the run's own command
     results = __import__("json").loads((out / "eval_results.json").read_text())
     assert results["n"] == 8 and "grounding" in results
     model = from_pretrained(out)

@@ -26,6 +26,16 @@ def test_overrides_parse_json_values():
 
 
 @pytest.mark.slow
+def test_a_loaded_config_records_the_arguments_that_reproduce_it():
+    import shlex
+
+    cfg = TrainConfig.load("synthcxr-small", epochs=5, out_dir="runs/a b", model={"image_size": 96})
+    argv = shlex.split(cfg.origin)
+    assert argv[:2] == ["--config", "synthcxr-small"] and argv[2] == "--set"
+    assert TrainConfig.load(argv[1], **parse_overrides(argv[3:])) == cfg
+    assert TrainConfig.load("synthcxr-small").origin == "--config synthcxr-small"
+
+
 def test_tiny_fit_resume_and_evaluate(tmp_path, capsys):
     data = write_tiny_dataset(tmp_path / "data", masks=True)
     cfg = TrainConfig(

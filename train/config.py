@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ class TrainConfig:
     keep_index_texts: bool = True  # False for data whose report text may not be redistributed
     log_every: int = 20
     out_dir: str = "runs/default"
+    # How this config was asked for (train.fit's arguments), so a model card can give the command.
+    origin: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.image_warmup_epochs < self.epochs:
@@ -64,7 +67,10 @@ class TrainConfig:
         unknown = sorted((set(data) | set(overrides)) - known_fields)
         if unknown:
             raise SystemExit(f"unknown training config field(s) {unknown} in {path}")
-        return cls(**{**data, **overrides})
+        origin = f"--config {shlex.quote(str(name_or_path))}"
+        if overrides:
+            origin += " --set " + " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in overrides.items())
+        return cls(**{**data, **overrides, "origin": origin})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> Path:
     if args.no_texts:  # the samples quote reference reports, which may not be redistributed either
         result.pop("samples", None)
     (out / "eval_results.json").write_text(json.dumps({**result, "evaluated_on": where}, indent=2))
-    config_name = Path(train_config.get("out_dir", run.name)).name
+    # Runs from before TrainConfig.origin: assume the config was named after the run folder.
+    origin = train_config.get("origin") or f"--config {Path(train_config.get('out_dir', run.name)).name}"
     command = (
-        f"python -m train.fit --config {config_name}\n"
+        f"python -m train.fit {origin}\n"
         f"python -m train.release --run {run} --out {out} "
         + (f"--eval-phantoms {args.eval_phantoms} --eval-seed {args.eval_seed} " if args.eval_phantoms
            else f"--eval-data {args.eval_data} --eval-split {args.eval_split} ")
