@@ -31,6 +31,7 @@ from rrg_core.xray_io import UnreadableImage, XRay, read_xray
 DISCLAIMER = "Research use only — not for diagnosis."
 OUTBOX_MAX_AGE_S = 120
 CARD_CHARS = 400
+MAP_SIDE = 1024  # heatmaps are drawn over the X-ray at most this large: no need for full resolution
 # What can go wrong while loading weights and reference data; each carries one clear sentence.
 STARTUP_ERRORS = (WeightsUnavailable, ValueError, FileNotFoundError)
 
@@ -153,7 +154,9 @@ def generate(loaded: LoadedModel, views: list[XRay], *, beams: int, max_length: 
         notes.append("These weights read one view: the lateral view was not used.")
     elif len(views) < n_views:
         notes.append("These weights read two views: the frontal view was read for both.")
-    report = loaded.model.generate_from_xrays([views], num_beams=int(beams), max_new_tokens=int(max_length))[0]
+    report = loaded.model.generate_from_xrays(
+        [views], num_beams=int(beams), max_new_tokens=int(max_length), max_map_side=MAP_SIDE
+    )[0]
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return Result(report, views, loaded.weights_id, stamp, notes)
 

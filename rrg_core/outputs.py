@@ -39,7 +39,7 @@ class AttentionMap:
 
     prompt: str
     kind: str  # "region" (a region/entity prompt) or "global" (the retrieved reference report)
-    heatmap: np.ndarray  # float32 H x W at input-image resolution, sums to 1
+    heatmap: np.ndarray  # float32 H x W over the whole input image (its resolution or scaled down), sums to 1
     view: int = 0  # which input view (0 = frontal, 1 = lateral)
     observation: str | None = None  # the CheXpert observation a finding prompt stands for
 

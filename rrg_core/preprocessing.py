@@ -25,16 +25,24 @@ def upsample_maps(maps: Tensor, grid: tuple[int, int], size: tuple[int, int], in
     A ResNet's strided layers pad symmetrically, so token i of a stride-s grid is centred on
     input pixel s * i, not on the middle of its cell (s * i + s/2, where a plain resize would put
     it): half a token up and left, 10-20 pixels on a full-size radiograph. The maps are sampled
-    at each output pixel's position on that token lattice (clamped at the border)."""
+    bilinearly at each output pixel's position on that token lattice (clamped at the border),
+    one axis at a time, so nothing larger than the output is ever built."""
     lead = maps.shape[:-1]
-    grid_maps = maps.reshape(-1, 1, *grid).float()
-    axes = []
-    for n_out, n_tokens in zip(size, grid):
-        centres = (torch.arange(n_out, dtype=torch.float32) + 0.5) * input_size / n_out  # in input pixels
-        index = (centres - 0.5) / (input_size / n_tokens)  # fractional token index
-        axes.append(index / max(n_tokens - 1, 1) * 2 - 1)  # grid_sample's align_corners=True scale
-    ys, xs = torch.meshgrid(*axes, indexing="ij")
-    sample = torch.stack([xs, ys], dim=-1).to(grid_maps.device).expand(len(grid_maps), -1, -1, -1)
-    full = F.grid_sample(grid_maps, sample, mode="bilinear", padding_mode="border", align_corners=True).clamp(min=0)
+    grid_maps = maps.reshape(-1, *grid).float()
+    rows, cols = (_lattice_weights(n_out, n_tokens, input_size).to(grid_maps.device) for n_out, n_tokens in zip(size, grid))
+    full = (rows @ grid_maps @ cols.T).clamp(min=0)
     full = full / full.sum(dim=(-2, -1), keepdim=True).clamp(min=1e-12)
     return full.reshape(*lead, *size).cpu().numpy()
+
+
+def _lattice_weights(n_out: int, n_tokens: int, input_size: int) -> Tensor:
+    """[n_out, n_tokens] bilinear weights of the tokens (centred on input pixels s * i) at each
+    output pixel's centre."""
+    centres = (torch.arange(n_out, dtype=torch.float32) + 0.5) * input_size / n_out  # in input pixels
+    index = ((centres - 0.5) / (input_size / n_tokens)).clamp(0, n_tokens - 1)  # fractional token index
+    low = index.floor().long()
+    high = (low + 1).clamp(max=n_tokens - 1)
+    weights = torch.zeros(n_out, n_tokens)
+    weights[torch.arange(n_out), low] += 1 - (index - low)
+    weights[torch.arange(n_out), high] += index - low
+    return weights

@@ -144,3 +144,16 @@ def test_the_embedded_default_weights_load_with_no_flags():
     assert loaded.weights_id == "embedded default (assets/weights/synthcxr)"
     assert loaded.texts_note is None, "SynthCXR reports are ours to ship, so the default index holds its texts"
     assert loaded.card != "no model card"
+
+
+def test_a_full_size_radiograph_gets_heatmaps_no_larger_than_the_page_draws(weights):
+    """35 maps at 3,000 x 2,400 would be about a GB per view: the demo asks for them capped."""
+    import numpy as np
+
+    from rrg_core.xray_io import XRay
+
+    loaded = service.load(str(weights))
+    big = XRay(np.random.default_rng(0).random((3000, 2400), dtype=np.float32), "PNG")
+    result = service.generate(loaded, [big], beams=1, max_length=5)
+    shapes = {m.heatmap.shape for m in result.report.attention}
+    assert shapes == {(service.MAP_SIDE, round(2400 * service.MAP_SIDE / 3000))}

@@ -195,6 +195,22 @@ def test_two_view_model_accepts_a_single_view_study():
     assert named["right hilum"] is None
 
 
+def test_heatmaps_can_be_capped_in_size_keeping_the_aspect_and_the_peak():
+    model, _ = tiny_model()
+    model.eval()
+    pixels = np.random.default_rng(0).random((300, 200), dtype=np.float32)
+    full = model.generate_from_xrays([pixels], num_beams=1, max_new_tokens=3)[0]
+    capped = model.generate_from_xrays([pixels], num_beams=1, max_new_tokens=3, max_map_side=60)[0]
+    assert capped.text == full.text
+    for big, small in zip(full.attention, capped.attention):
+        assert big.heatmap.shape == (300, 200) and small.heatmap.shape == (60, 40)
+        assert math.isclose(float(small.heatmap.sum()), 1.0, rel_tol=1e-4)
+        peak_big = np.array(np.unravel_index(big.heatmap.argmax(), big.heatmap.shape)) / (300, 200)
+        peak_small = np.array(np.unravel_index(small.heatmap.argmax(), small.heatmap.shape)) / (60, 40)
+        assert np.abs(peak_big - peak_small).max() < 0.1  # the same place, in fractions of the image
+    assert model.generate_from_xrays([pixels], num_beams=1, max_new_tokens=3, max_map_side=500)[0].attention[0].heatmap.shape == (300, 200)
+
+
 def test_presets_build_and_the_tiny_one_is_tiny():
     config = REVTAFConfig.preset("tiny")
     assert config.image_size == 64
@@ -263,6 +279,25 @@ def test_heatmaps_put_each_token_on_its_receptive_field(feature_pyramid):
     errors = np.array(errors)
     assert np.abs(errors.mean(0)).max() < stride / 4, errors  # no systematic shift
     assert np.abs(errors).max() < stride / 2, errors  # and no token off by half a token or more
+
+
+def test_upsampled_maps_match_torch_grid_sample_on_the_token_lattice():
+    """Our separable sampling against torch's grid_sample (bilinear, border) at the same points."""
+    import torch.nn.functional as F
+
+    from rrg_core.preprocessing import upsample_maps
+
+    grid, size, input_size = (6, 6), (33, 50), 96
+    maps = torch.rand(3, grid[0] * grid[1])
+    axes = []
+    for n_out, n_tokens in zip(size, grid):
+        index = ((torch.arange(n_out) + 0.5) * input_size / n_out - 0.5) / (input_size / n_tokens)
+        axes.append(index / (n_tokens - 1) * 2 - 1)
+    ys, xs = torch.meshgrid(*axes, indexing="ij")
+    points = torch.stack([xs, ys], dim=-1).expand(3, -1, -1, -1)
+    expected = F.grid_sample(maps.reshape(3, 1, *grid), points, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
+    expected = expected / expected.sum(dim=(-2, -1), keepdim=True)
+    np.testing.assert_allclose(upsample_maps(maps, grid, size, input_size), expected.numpy(), rtol=1e-5, atol=1e-8)
 
 
 def test_aligned_pyramid_upsampling_keeps_deep_tokens_on_even_fine_tokens():
