@@ -21,12 +21,14 @@ from rrg_core.xray_io import UnreadableImage, to_uint8
 from . import rendering, service
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
-# What read_xray decodes. Gradio refuses other extensions before our code runs.
-FILE_TYPES = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp", ".webp"]
+# The upload boxes take any file: DICOM from a PACS often has no extension (read_xray tells the
+# formats apart by content and explains any file it cannot read), so Gradio must not filter by name.
+EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 CONCURRENCY_LIMIT = 1  # one generation at a time: a second would only halve the speed of both on a CPU
 QUEUE_SIZE = 32
 CACHE_AGE_S = 600  # uploads, rendered images and downloads are deleted from Gradio's cache after this
 GALLERY_SIZE = 4
+MAX_UPLOAD = "200mb"  # a 50-megapixel 16-bit DICOM (read_xray's limit) is 100 MB
 VALID = gr.validate(True, "")
 CSS = """
 #notice {background: #fff4e5; border: 1px solid #f0a030; border-radius: 6px; padding: 4px 12px;}
@@ -52,9 +54,8 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
 
         with gr.Row():
             with gr.Column(scale=2):
-                frontal = gr.File(label="Frontal view (PA/AP): PNG, JPEG or DICOM", file_types=FILE_TYPES, height=120,
-                                  elem_id="frontal")
-                lateral = gr.File(label="Lateral view (optional)", file_types=FILE_TYPES, height=120, elem_id="lateral")
+                frontal = gr.File(label="Frontal view (PA/AP): PNG, JPEG or DICOM", height=120, elem_id="frontal")
+                lateral = gr.File(label="Lateral view (optional)", height=120, elem_id="lateral")
                 with gr.Accordion("Decoding options", open=False):
                     beams = gr.Slider(1, 6, value=config.num_beams, step=1, label="Beam size")
                     max_length = gr.Slider(10, 200, value=config.max_new_tokens, step=5, label="Maximum length (tokens)")
@@ -167,7 +168,7 @@ def _validity(path: str | None, name: str, required: bool = False) -> dict:
 
 def _examples(target: gr.File) -> None:
     """SynthCXR phantoms from assets/examples (label = file name), if any are there."""
-    files = sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in FILE_TYPES)
+    files = sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in EXAMPLE_SUFFIXES)
     if files:
         labels = [p.stem.replace("_", " ") + (" (DICOM)" if p.suffix == ".dcm" else "") for p in files]
         gr.Examples([[str(p)] for p in files], inputs=target, example_labels=labels,
@@ -186,4 +187,5 @@ def _render(done: service.Result, index: int):
 
 def launch(page: gr.Blocks, *, host: str, port: int, share: bool = False, **kwargs) -> None:
     """Serve the page (``share`` creates a public gradio.live link; off unless asked)."""
-    page.launch(server_name=host, server_port=port, share=share, css=CSS, footer_links=["api"], **kwargs)
+    page.launch(server_name=host, server_port=port, share=share, css=CSS, footer_links=["api"],
+                max_file_size=MAX_UPLOAD, **kwargs)

@@ -42,6 +42,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     Image.fromarray((127 + 120 * np.sin(x / 11.0) * np.cos(y / 17.0)).astype(np.uint8)).save(folder / "chest.png")
     _write_dicom(folder / "Doe_Jane.dcm", (4000 * (x / 180) * (y / 200)).astype(np.uint16))
     (folder / "broken.png").write_text("definitely not pixels")
+    (folder / "IM0001").write_bytes((folder / "Doe_Jane.dcm").read_bytes())  # DICOM as PACS exports it
+    (folder / "notes.docx").write_bytes(b"PK\x03\x04 not an X-ray")
     return {p.stem: p for p in folder.iterdir()}
 
 
@@ -102,6 +104,13 @@ def test_dicom_is_read_and_no_identifier_reaches_the_outputs_or_the_log(client, 
     log = server[1].read_text()
     for identifier in ("Doe", "Jane", PATIENT_ID):
         assert identifier not in everything and identifier not in log
+
+
+def test_dicom_without_an_extension_is_read_and_other_files_get_a_sentence(client, inputs):
+    text, findings, _, _, _ = _generate(client, inputs["IM0001"])
+    assert text and len(findings["data"]) == 14
+    with pytest.raises(ValidationError, match="frontal: Frontal view: This file is not a supported image"):
+        _generate(client, inputs["notes"])
 
 
 def test_a_lateral_view_is_accepted_and_one_view_weights_ignore_it(client, inputs):
