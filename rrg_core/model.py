@@ -46,7 +46,7 @@ class _Encoded:
     prompts: Tensor | None  # [B, K, D] region/entity prompt embeddings
     region: MPSAOutput | None
     entity_logits: Tensor | None  # [B, K]
-    query: Tensor  # [B, H] retrieval embedding
+    query: Tensor | None  # [B, H] retrieval embedding
 
 
 class REVTAF(nn.Module):
@@ -76,7 +76,8 @@ class REVTAF(nn.Module):
     def retrieval_metric(self) -> str:
         return self.config.retrieval_metric if self.lre is not None else "cosine"
 
-    def _encode(self, images: Tensor) -> _Encoded:
+    def _encode(self, images: Tensor, *, retrieval: bool = True) -> _Encoded:
+        """``retrieval=False`` skips the retrieval embedding (``query`` is then None)."""
         visual = self.visual(images)
         prompts = region = entity_logits = None
         if self.fvtaf is not None:
@@ -86,7 +87,9 @@ class REVTAF(nn.Module):
             prompts = prompts.unsqueeze(0).expand(images.shape[0], -1, -1)
             region = self.fvtaf.align_regions(visual.tokens, prompts)
             entity_logits = self.entity_scores(region)
-        query = self.lre(entity_logits) if self.lre is not None else F.normalize(visual.pooled, dim=-1)
+        query = None
+        if retrieval:
+            query = self.lre(entity_logits) if self.lre is not None else F.normalize(visual.pooled, dim=-1)
         return _Encoded(visual, prompts, region, entity_logits, query)
 
     def _retrieve(self, query: Tensor, exclude_ids: Sequence[str] | None) -> tuple[Tensor, Tensor]:
@@ -131,7 +134,7 @@ class REVTAF(nn.Module):
         if image_only and self.entity_scores is None:
             raise ValueError("image_only needs the entity scores (use_lre or use_fvtaf)")
         states = batch["states"].long()
-        encoded = self._encode(batch["images"])
+        encoded = self._encode(batch["images"], retrieval=not image_only)
         zero = encoded.visual.pooled.sum() * 0.0
         losses = {"rank": zero, "entity": zero, "align": zero, "cls": zero, "lm": zero}
         if encoded.entity_logits is not None:

@@ -369,3 +369,7 @@ def test_image_only_needs_the_entity_scores():
     losses = full(batch, image_only=True)
     assert losses["lm"] == 0 and losses["cls"] == 0 and losses["entity"] > 0
     torch.testing.assert_close(losses["loss"], full.config.entity_weight * losses["entity"])
+    calls = []
+    full.lre.register_forward_hook(lambda *args: calls.append(1))
+    full(batch, image_only=True)
+    assert not calls  # the warm-up does not retrieve, so the hyperbolic network is not run
