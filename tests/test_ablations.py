@@ -29,7 +29,7 @@ def test_report_has_every_table_and_the_head_tail_figure():
     text = report(results, "python -m train.ablations --out x.md", "T")
     for heading in ("Table 1: components", "Table 2: retrieval metric", "Table 3: attention", "Figure 3"):
         assert heading in text
-    assert "| baseline (PromptMRG-like) | 0.150 ± 0.071" in text
+    assert "| baseline (PromptMRG-like) | 2 | 0.150 ± 0.071" in text
     assert "| Fracture | tail |" in text and "**head (micro)**" in text
     assert "python -m train.ablations --out x.md" in text
 
@@ -83,3 +83,21 @@ def test_jobs_train_in_parallel_processes_each_with_its_share_and_its_gpu(tmp_pa
     assert sorted(first_two) == ["0", "1"]
     assert len(failed) == 1 and failed[0].startswith("+LRE, seed 0: failed (exit 3)")
     assert (tmp_path / "root" / "lre" / "seed0" / "log.txt").is_file()
+
+
+def test_report_only_writes_the_tables_from_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
+    from train import ablations
+
+    monkeypatch.setattr(ablations, "fit", lambda *a, **k: pytest.fail("--report-only must not train"))
+    root = tmp_path / "runs" / "synthcxr-ablation"
+    for name, seeds in (("+LRE", (0, 1, 2)), ("+FVTAF", (0,))):
+        for seed in seeds:
+            folder = root / ablations.slug(name) / f"seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "results.json").write_text(json.dumps(fake_result(0.1 * (seed + 1))))
+    out = tmp_path / "ablations.md"
+    text = ablations.main(["--variants", "+LRE", "+FVTAF", "REVTAF (LRE + FVTAF)", "--runs", str(tmp_path / "runs"),
+                           "--report-only", "--out", str(out)])
+    assert out.read_text() == text
+    assert "| +LRE | 3 | 0.200 ± 0.100" in text and "| +FVTAF | 1 | 0.100 ± 0.000" in text
+    assert "| REVTAF (LRE + FVTAF) |" not in text  # no finished run, no row

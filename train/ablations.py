@@ -114,12 +114,12 @@ def mean_std(values: list[float]) -> str:
 def report(results: dict[str, list[dict]], command: str, title: str) -> str:
     columns = [*PAPER_COLUMNS, "avg"]
     lines = [f"# {title}", "", "Reproduce with:", "", "```bash", command, "```", "",
-             f"Mean ± sample std over {len(next(iter(results.values())))} seeds; P/R/F1 example-based "
+             "Mean ± sample std over the seeds (column n); P/R/F1 example-based "
              "(as the paper); CE labels from rrg_core.label_report.", ""]
     extra = ["CE micro-F1", "retrieval P@1", "Hamming", "pointing game"]
     for table, names in TABLES.items():
-        lines += [f"## {table}", "", "| variant | " + " | ".join(columns + extra) + " |",
-                  "| --- |" + " --- |" * (len(columns) + len(extra))]
+        lines += [f"## {table}", "", "| variant | n | " + " | ".join(columns + extra) + " |",
+                  "| --- | --- |" + " --- |" * (len(columns) + len(extra))]
         for name in names:
             runs = results.get(name)
             if not runs:
@@ -130,7 +130,7 @@ def report(results: dict[str, list[dict]], command: str, title: str) -> str:
             cells.append(mean_std([r["retrieval"]["hamming"] for r in runs]))
             grounded = [r["grounding"]["overall"]["pointing_game"] for r in runs if "grounding" in r]
             cells.append(mean_std(grounded) if grounded else "-")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Figure 3: per-class F1, head vs tail", "",
               "| class | group | " + " | ".join(FIGURE3) + " |", "| --- | --- |" + " --- |" * len(FIGURE3)]
@@ -154,17 +154,23 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--out", required=True, help="Markdown file to write (e.g. docs/ablations-synthcxr.md)")
     parser.add_argument("--title", default=None)
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
+    parser.add_argument("--report-only", action="store_true", help="write the tables from finished runs only")
     args = parser.parse_args(argv)
 
     base = TrainConfig.load(args.config)
     root = Path(args.runs) / Path(args.config).stem
-    if args.jobs > 1:
+    if args.jobs > 1 and not args.report_only:
         pending = [(name, s) for name in args.variants for s in args.seeds
                    if not (root / slug(name) / f"seed{s}" / "results.json").is_file()]
         failed = run_in_processes(args, pending, root)
         if failed:
             raise SystemExit("ablation runs failed:\n" + "\n".join(failed))
-    results = {name: [run_variant(base, name, s, root, args.test_limit) for s in args.seeds] for name in args.variants}
+    if args.report_only:  # the tables from the runs that have finished, training nothing
+        results = {name: [json.loads(f.read_text()) for s in args.seeds
+                          if (f := root / slug(name) / f"seed{s}" / "results.json").is_file()] for name in args.variants}
+    else:
+        results = {name: [run_variant(base, name, s, root, args.test_limit) for s in args.seeds]
+                   for name in args.variants}
     command = "python -m train.ablations " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     text = report(results, command, args.title or f"Ablations on {base.data} ({Path(args.config).stem})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
