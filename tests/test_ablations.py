@@ -101,3 +101,4 @@ def test_report_only_writes_the_tables_from_finished_runs_and_trains_nothing(tmp
     assert out.read_text() == text
     assert "| +LRE | 3 | 0.200 ± 0.100" in text and "| +FVTAF | 1 | 0.100 ± 0.000" in text
     assert "| REVTAF (LRE + FVTAF) |" not in text  # no finished run, no row
+    assert "--report-only" not in text  # the command shown is the one that trains the runs

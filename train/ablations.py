@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> str:
     else:
         results = {name: [run_variant(base, name, s, root, args.test_limit) for s in args.seeds]
                    for name in args.variants}
-    command = "python -m train.ablations " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    # The command that trains what the tables show (--report-only only collects it).
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
+    command = "python -m train.ablations " + " ".join(shlex.quote(a) for a in given)
     text = report(results, command, args.title or f"Ablations on {base.data} ({Path(args.config).stem})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
