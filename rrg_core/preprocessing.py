@@ -29,7 +29,8 @@ def upsample_maps(maps: Tensor, grid: tuple[int, int], size: tuple[int, int], in
     one axis at a time, so nothing larger than the output is ever built."""
     lead = maps.shape[:-1]
     grid_maps = maps.reshape(-1, *grid).float()
-    rows, cols = (_lattice_weights(n_out, n_tokens, input_size).to(grid_maps.device) for n_out, n_tokens in zip(size, grid))
+    rows, cols = (_lattice_weights(n_out, n_tokens, input_size).to(grid_maps.device)
+                  for n_out, n_tokens in zip(size, grid))
     full = (rows @ grid_maps @ cols.T).clamp(min=0)
     full = full / full.sum(dim=(-2, -1), keepdim=True).clamp(min=1e-12)
     return full.reshape(*lead, *size).cpu().numpy()

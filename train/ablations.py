@@ -94,9 +94,11 @@ def run_in_processes(args: argparse.Namespace, pending: list[tuple[str, int]], r
                    "--variants", name, "--runs", args.runs, "--out", str(log.with_name("report.md"))]
         if args.test_limit is not None:
             command += ["--test-limit", str(args.test_limit)]
-        with log.open("w") as stream:
-            done = subprocess.run(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
-        slots.put(slot)
+        try:
+            with log.open("w") as stream:
+                done = subprocess.run(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
+        finally:
+            slots.put(slot)
         outcome = "done" if done.returncode == 0 else f"failed (exit {done.returncode}), see {log}"
         print(f"{name}, seed {seed}: {outcome}", flush=True)
         return None if done.returncode == 0 else f"{name}, seed {seed}: {outcome}"
