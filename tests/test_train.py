@@ -25,7 +25,6 @@ def test_overrides_parse_json_values():
     }
 
 
-@pytest.mark.slow
 def test_a_loaded_config_records_the_arguments_that_reproduce_it():
     import shlex
 
@@ -36,6 +35,7 @@ def test_a_loaded_config_records_the_arguments_that_reproduce_it():
     assert TrainConfig.load("synthcxr-small").origin == "--config synthcxr-small"
 
 
+@pytest.mark.slow
 def test_tiny_fit_resume_and_evaluate(tmp_path, capsys):
     data = write_tiny_dataset(tmp_path / "data", masks=True)
     cfg = TrainConfig(
