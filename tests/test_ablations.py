@@ -102,3 +102,20 @@ def test_report_only_writes_the_tables_from_finished_runs_and_trains_nothing(tmp
     assert "| +LRE | 3 | 0.200 ± 0.100" in text and "| +FVTAF | 1 | 0.100 ± 0.000" in text
     assert "| REVTAF (LRE + FVTAF) |" not in text  # no finished run, no row
     assert "--report-only" not in text  # the command shown is the one that trains the runs
+
+
+@pytest.mark.parametrize(("name", "warmup"), [("baseline (PromptMRG-like)", 0), ("+LRE", 2), ("+FVTAF", 2)])
+def test_only_variants_with_entity_scores_get_the_image_warmup(tmp_path, monkeypatch, name, warmup):
+    from train import ablations
+
+    class Trained(Exception):
+        pass
+
+    def fake_fit(cfg):
+        assert (cfg.image_warmup_epochs, cfg.epochs) == (warmup, 5)
+        raise Trained
+
+    monkeypatch.setattr(ablations, "fit", fake_fit)
+    base = TrainConfig(preset="tiny", epochs=5, image_warmup_epochs=2)
+    with pytest.raises(Trained):
+        run_variant(base, name, 0, tmp_path, test_limit=1)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rrg_core.config import REVTAFConfig
 from rrg_core.datasets import load_split
 from rrg_core.evaluation import evaluate
 from rrg_core.metrics import PAPER_COLUMNS
@@ -53,15 +54,21 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
+def results_file(root: Path, name: str, seed: int) -> Path:
+    """Where a variant's run for one seed keeps its evaluation; the run folder is its parent."""
+    return root / slug(name) / f"seed{seed}" / "results.json"
+
+
 def run_variant(base: TrainConfig, name: str, seed: int, root: Path, test_limit: int | None) -> dict:
-    out = root / slug(name) / f"seed{seed}"
-    done = out / "results.json"
+    done = results_file(root, name, seed)
+    out = done.parent
     if done.is_file():
         return json.loads(done.read_text())
     model = {**base.model, **VARIANTS[name]}
     # The image warm-up trains the entity scores, which only LRE/FVTAF have: the baseline spends
     # the same number of epochs on the full objective instead.
-    warmup = base.image_warmup_epochs if model.get("use_lre", True) or model.get("use_fvtaf", True) else 0
+    variant = REVTAFConfig.preset(base.preset, **model)
+    warmup = base.image_warmup_epochs if variant.use_lre or variant.use_fvtaf else 0
     cfg = TrainConfig(**{**base.to_dict(), "seed": seed, "out_dir": str(out), "model": model,
                          "image_warmup_epochs": warmup})
     torch.manual_seed(seed)
@@ -88,7 +95,7 @@ def run_in_processes(args: argparse.Namespace, pending: list[tuple[str, int]], r
         slot = slots.get()
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-        log = root / slug(name) / f"seed{seed}" / "log.txt"
+        log = results_file(root, name, seed).with_name("log.txt")
         log.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "train.ablations", "--config", args.config, "--seeds", str(seed),
                    "--variants", name, "--runs", args.runs, "--out", str(log.with_name("report.md"))]
@@ -163,13 +170,13 @@ def main(argv: list[str] | None = None) -> str:
     root = Path(args.runs) / Path(args.config).stem
     if args.jobs > 1 and not args.report_only:
         pending = [(name, s) for name in args.variants for s in args.seeds
-                   if not (root / slug(name) / f"seed{s}" / "results.json").is_file()]
+                   if not results_file(root, name, s).is_file()]
         failed = run_in_processes(args, pending, root)
         if failed:
             raise SystemExit("ablation runs failed:\n" + "\n".join(failed))
     if args.report_only:  # the tables from the runs that have finished, training nothing
-        results = {name: [json.loads(f.read_text()) for s in args.seeds
-                          if (f := root / slug(name) / f"seed{s}" / "results.json").is_file()] for name in args.variants}
+        results = {name: [json.loads(f.read_text()) for s in args.seeds if (f := results_file(root, name, s)).is_file()]
+                   for name in args.variants}
     else:
         results = {name: [run_variant(base, name, s, root, args.test_limit) for s in args.seeds]
                    for name in args.variants}
