@@ -44,7 +44,7 @@ class MultiPromptSinkhornAttention(nn.Module):
         n_heads: int = 8,
         epsilon: float = 0.05,
         max_iter: int = 100,
-        tol: float = 1e-3,
+        tol: float = 1e-2,
         mode: str = "sinkhorn",
         dropout: float = 0.0,
     ) -> None:

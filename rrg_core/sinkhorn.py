@@ -42,8 +42,11 @@ def log_sinkhorn(
     ``cost`` [..., N, M]; ``row_mask`` [..., N] and ``col_mask`` [..., M] are boolean
     (True = keep) and broadcast against the cost's batch dims. Each iteration updates the
     row potentials then the column potentials, so the returned plan's columns sum to
-    1/M_valid exactly and its rows to 1/N_valid within ``tol`` (max abs error, checked
-    every few iterations on every batch element) unless ``max_iter`` ran out first.
+    1/M_valid exactly and its rows to 1/N_valid within the relative tolerance ``tol``
+    (max |row sum * N_valid - 1|, checked every few iterations on every batch element) unless
+    ``max_iter`` ran out first. The tolerance is relative because a row's mass shrinks with
+    the number of rows: an absolute 1e-3 let 400 patch rows stray by 40 % and, from 1,000 rows
+    on, accepted rows holding no mass at all.
 
     Computes in float32 (float64 for float64 input) with autocast off, whatever the input
     dtype, and returns the plan in the input dtype, so bfloat16 costs give a stable plan.
@@ -89,6 +92,6 @@ def _as_mask(mask: Tensor | None, size: int, device: torch.device) -> Tensor:
 
 
 def _row_error(log_row_sums: Tensor, log_a: Tensor, rows: Tensor) -> float:
-    """Max abs error of the current plan's row sums over the unmasked rows of every batch element."""
-    error = (log_row_sums.exp() - log_a.exp()).abs()
+    """Max relative error |row sum / a - 1| of the current plan over the unmasked rows of every batch element."""
+    error = torch.expm1(log_row_sums - log_a).abs()
     return torch.where(rows, error, 0.0).max().item()

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from rrg_core.config import REVTAFConfig
 from rrg_core.observations import OBSERVATIONS, State
 from rrg_core.pretrained import from_pretrained
 from rrg_core.xray_io import read_xray
+from train.config import TrainConfig
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights"
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
@@ -41,6 +43,23 @@ def test_default_weights_use_the_current_recipe(default_model):
     assert (c.feature_pyramid, c.prompt_offsets, c.entity_pooling, c.diagnosis_evidence) == (True, True, "similarity", True)
     assert default_model.visual.lateral is not None and default_model.diagnosis.evidence is not None
     assert c.pyramid_upsampling == "nearest"  # trained before the aligned upsampling
+
+
+# Fields that train.fit and train.release fill in from the data and the validation split.
+RELEASE_TUNED = {"vocab_size", "label_priors", "decision_adjustment"}
+
+
+@pytest.mark.parametrize(("weights", "config"), [("synthcxr", "synthcxr-small"), ("iu-xray-small", "iu-xray-small")])
+def test_the_cards_training_config_builds_the_committed_model(weights, config):
+    """The card's `train.fit --config` command must train the model that was committed: a new
+    default in REVTAFConfig (a recipe change, the Sinkhorn tolerance becoming relative) has to
+    be pinned in the training config of every release that predates it."""
+    assert f"python -m train.fit --config {config}\n" in (WEIGHTS / weights / "README.md").read_text()
+    train = TrainConfig.load(config)
+    fresh = REVTAFConfig.preset(train.preset, **train.model).to_dict()
+    committed = REVTAFConfig.load(WEIGHTS / weights / "config.json").to_dict()
+    differing = {k for k in fresh if fresh[k] != committed[k]}
+    assert differing <= RELEASE_TUNED, {k: (fresh[k], committed[k]) for k in differing - RELEASE_TUNED}
 
 
 @pytest.mark.parametrize(

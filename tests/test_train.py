@@ -35,6 +35,13 @@ def test_a_loaded_config_records_the_arguments_that_reproduce_it():
     assert TrainConfig.load("synthcxr-small").origin == "--config synthcxr-small"
 
 
+def test_a_model_override_is_merged_into_the_configs_model():
+    base = TrainConfig.load("iu-xray-small").model
+    cfg = TrainConfig.load("iu-xray-small", model={"use_lre": False, "image_size": 96})
+    assert cfg.model == {**base, "use_lre": False, "image_size": 96}
+    assert cfg.model["n_views"] == 2 and cfg.model["feature_pyramid"] is False  # kept from the config
+
+
 @pytest.mark.slow
 def test_tiny_fit_resume_and_evaluate(tmp_path, capsys):
     data = write_tiny_dataset(tmp_path / "data", masks=True)

@@ -55,7 +55,9 @@ class TrainConfig:
 
     @classmethod
     def load(cls, name_or_path: str, **overrides: Any) -> "TrainConfig":
-        """A config by name (train/configs/NAME.json) or path, with overrides applied on top."""
+        """A config by name (train/configs/NAME.json) or path, with overrides applied on top; a
+        ``model`` override is merged into the config's model overrides (``--set
+        model='{"use_lre": false}'`` keeps the config's views, image size and pinned choices)."""
         path = Path(name_or_path)
         if not path.suffix:
             path = CONFIG_DIR / f"{name_or_path}.json"
@@ -70,7 +72,10 @@ class TrainConfig:
         origin = f"--config {shlex.quote(str(name_or_path))}"
         if overrides:
             origin += " --set " + " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in overrides.items())
-        return cls(**{**data, **overrides, "origin": origin})
+        merged = {**data, **overrides, "origin": origin}
+        if isinstance(overrides.get("model"), dict):
+            merged["model"] = {**data.get("model", {}), **overrides["model"]}
+        return cls(**merged)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
