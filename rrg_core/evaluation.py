@@ -72,7 +72,7 @@ def tune_decision_adjustment(
     return max(scores, key=scores.get), scores
 
 
-def _map_size(study: Study) -> tuple[int, int] | None:
+def _mask_size(study: Study) -> tuple[int, int] | None:
     """Heatmaps are compared with masks, so they are made at the masks' size (read from the header)."""
     for paths in study.mask_paths.values():
         for path in paths:
@@ -98,7 +98,7 @@ def generate_for(
     device = model.diagnosis.query.device
     for start, batch in zip(range(0, len(studies), batch_size), tqdm(loader, desc="generating", disable=not progress)):
         chunk = studies[start : start + batch_size]
-        sizes = [_map_size(s) or tuple(batch["images"].shape[-2:]) for s in chunk]
+        sizes = [_mask_size(s) or tuple(batch["images"].shape[-2:]) for s in chunk]
         reports += model.generate(batch["images"].to(device), image_sizes=sizes, **generate_options)
         references += batch["reports"]
     return references, reports, [s.study_id for s in studies]

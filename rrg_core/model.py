@@ -328,11 +328,11 @@ class REVTAF(nn.Module):
         that many pixels on the long side (a full-size radiograph's 35 maps take about a GB)."""
         studies = [s if isinstance(s, (list, tuple)) else [s] for s in studies]
         images = torch.stack([self.prepare(views) for views in studies]).to(self.diagnosis.query.device)
-        sizes = [[_map_size(getattr(v, "pixels", v).shape, max_map_side) for v in views] for views in studies]
+        sizes = [[_capped_size(getattr(v, "pixels", v).shape, max_map_side) for v in views] for views in studies]
         return self.generate(images, image_sizes=sizes, **options)
 
 
-def _map_size(shape: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+def _capped_size(shape: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     """An image's (H, W), scaled down to ``max_side`` on its long side (aspect kept), if given."""
     scale = 1.0 if max_side is None else min(1.0, max_side / max(shape))
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
