@@ -100,7 +100,7 @@ def test_report_only_writes_the_tables_from_finished_runs_and_trains_nothing(tmp
                            "--report-only", "--out", str(out)])
     assert out.read_text() == text
     assert "| +LRE | 3 | 0.200 ± 0.100" in text and "| +FVTAF | 1 | 0.100 ± 0.000" in text
-    assert "| REVTAF (LRE + FVTAF) |" not in text  # no finished run, no row
+    assert "| REVTAF (LRE + FVTAF) | 0 | - |" in text  # no finished run: listed as not run
     assert "--report-only" not in text  # the command shown is the one that trains the runs
 
 

@@ -124,14 +124,15 @@ def report(results: dict[str, list[dict]], command: str, title: str) -> str:
     columns = [*PAPER_COLUMNS, "avg"]
     lines = [f"# {title}", "", "Reproduce with:", "", "```bash", command, "```", "",
              "Mean ± sample std over the seeds (column n); P/R/F1 example-based "
-             "(as the paper); CE labels from rrg_core.label_report.", ""]
+             "(as the paper); CE labels from rrg_core.label_report; n = 0: not run yet.", ""]
     extra = ["CE micro-F1", "retrieval P@1", "Hamming", "pointing game"]
     for table, names in TABLES.items():
         lines += [f"## {table}", "", "| variant | n | " + " | ".join(columns + extra) + " |",
                   "| --- | --- |" + " --- |" * (len(columns) + len(extra))]
         for name in names:
             runs = results.get(name)
-            if not runs:
+            if not runs:  # listed, so that a partial grid shows what is missing
+                lines.append(f"| {name} | 0 | " + " | ".join(["-"] * (len(columns) + len(extra))) + " |")
                 continue
             cells = [mean_std([r["paper"][c] for r in runs]) for c in columns]
             cells.append(mean_std([r["ce"]["micro"]["f1"] for r in runs]))
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> str:
     # The command that trains what the tables show (--report-only only collects it).
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
     command = "python -m train.ablations " + " ".join(shlex.quote(a) for a in given)
-    text = report(results, command, args.title or f"Ablations on {base.data} ({Path(args.config).stem})")
+    text = report(results, command, args.title or f"Ablations on {Path(base.data).name} ({Path(args.config).stem})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
