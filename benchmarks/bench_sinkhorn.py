@@ -67,5 +67,6 @@ def main() -> None:
                 )
                 print(f"{kind:>10} {patches:>5} {tol:>6.3g} {n_iter:>5} {forward * 1e3:>11.2f} {backward * 1e3:>11.2f}")
 
+
 if __name__ == "__main__":
     main()
