@@ -36,6 +36,7 @@ def page(server):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         page.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)  # assertions wait 5 s by default: too short on a loaded machine
         page.goto(server[0])
         yield page
         browser.close()
