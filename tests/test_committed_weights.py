@@ -56,7 +56,7 @@ def test_the_cards_training_config_builds_the_committed_model(weights, config):
     be pinned in the training config of every release that predates it."""
     assert f"python -m train.fit --config {config}\n" in (WEIGHTS / weights / "README.md").read_text()
     train = TrainConfig.load(config)
-    fresh = REVTAFConfig.preset(train.preset, **train.model).to_dict()
+    fresh = train.model_config().to_dict()
     committed = REVTAFConfig.load(WEIGHTS / weights / "config.json").to_dict()
     differing = {k for k in fresh if fresh[k] != committed[k]}
     assert differing <= RELEASE_TUNED, {k: (fresh[k], committed[k]) for k in differing - RELEASE_TUNED}

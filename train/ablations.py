@@ -11,6 +11,7 @@ each gets its share of the cores, on a machine with GPUs each its own GPU in tur
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import queue
@@ -23,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rrg_core.config import REVTAFConfig
 from rrg_core.datasets import load_split
 from rrg_core.evaluation import evaluate
 from rrg_core.metrics import PAPER_COLUMNS
@@ -67,7 +67,7 @@ def run_variant(base: TrainConfig, name: str, seed: int, root: Path, test_limit:
     model = {**base.model, **VARIANTS[name]}
     # The image warm-up trains the entity scores, which only LRE/FVTAF have: the baseline spends
     # the same number of epochs on the full objective instead.
-    variant = REVTAFConfig.preset(base.preset, **model)
+    variant = dataclasses.replace(base, model=model).model_config()
     warmup = base.image_warmup_epochs if variant.use_lre or variant.use_fvtaf else 0
     cfg = TrainConfig(**{**base.to_dict(), "seed": seed, "out_dir": str(out), "model": model,
                          "image_warmup_epochs": warmup})

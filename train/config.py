@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rrg_core.config import REVTAFConfig
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -76,6 +78,11 @@ class TrainConfig:
         if isinstance(overrides.get("model"), dict):
             merged["model"] = {**data.get("model", {}), **overrides["model"]}
         return cls(**merged)
+
+    def model_config(self) -> REVTAFConfig:
+        """The model this run trains: the preset with the config's model overrides (before the
+        data fills in vocabulary size and label priors)."""
+        return REVTAFConfig.preset(self.preset, **self.model)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

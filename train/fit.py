@@ -104,7 +104,7 @@ def make_model(cfg: TrainConfig, train_studies, out: Path, resume: bool) -> REVT
     """Tokenizer and model config come from the run folder when resuming, else from the data."""
     if resume and (out / "model_config.json").is_file():
         return REVTAF(REVTAFConfig.load(out / "model_config.json"), load_tokenizer(out / "tokenizer"))
-    config = REVTAFConfig.preset(cfg.preset, **cfg.model)
+    config = cfg.model_config()
     if config.decoder_hub_id:
         tokenizer = load_tokenizer(config.decoder_hub_id)
     else:
