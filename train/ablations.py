@@ -69,8 +69,7 @@ def run_variant(base: TrainConfig, name: str, seed: int, root: Path, test_limit:
     # the same number of epochs on the full objective instead.
     variant = dataclasses.replace(base, model=model).model_config()
     warmup = base.image_warmup_epochs if variant.use_lre or variant.use_fvtaf else 0
-    cfg = TrainConfig(**{**base.to_dict(), "seed": seed, "out_dir": str(out), "model": model,
-                         "image_warmup_epochs": warmup})
+    cfg = dataclasses.replace(base, seed=seed, out_dir=str(out), model=model, image_warmup_epochs=warmup)
     torch.manual_seed(seed)
     best = fit(cfg)
     model = from_pretrained(best)
