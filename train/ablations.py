@@ -64,12 +64,12 @@ def run_variant(base: TrainConfig, name: str, seed: int, root: Path, test_limit:
     out = done.parent
     if done.is_file():
         return json.loads(done.read_text())
-    model = {**base.model, **VARIANTS[name]}
+    cfg = dataclasses.replace(base, seed=seed, out_dir=str(out), model={**base.model, **VARIANTS[name]})
     # The image warm-up trains the entity scores, which only LRE/FVTAF have: the baseline spends
     # the same number of epochs on the full objective instead.
-    variant = dataclasses.replace(base, model=model).model_config()
-    warmup = base.image_warmup_epochs if variant.use_lre or variant.use_fvtaf else 0
-    cfg = dataclasses.replace(base, seed=seed, out_dir=str(out), model=model, image_warmup_epochs=warmup)
+    variant = cfg.model_config()
+    if not (variant.use_lre or variant.use_fvtaf):
+        cfg.image_warmup_epochs = 0
     torch.manual_seed(seed)
     best = fit(cfg)
     model = from_pretrained(best)
