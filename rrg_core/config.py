@@ -80,6 +80,9 @@ class REVTAFConfig:
     # scores and heatmaps read one quantity; "alignment": log-mean-exp of the dot product q.k.
     entity_pooling: str = "similarity"
     diagnosis_evidence: bool = True  # the diagnosis head also reads the entity scores
+    # Weight of the mask-supervised heatmap loss (rrg_core.grounding) for data with finding masks;
+    # 0 is the paper's objective, whose maps are emergent.
+    grounding_weight: float = 0.0
     label_priors: list[list[float]] | None = None  # [14][4] training-set state frequencies
     decision_adjustment: float = 1.0  # how much of the prior the predicted states keep (see DiagnosisHead.decide)
     # ---- generation defaults ----------------------------------------------------------------
@@ -102,6 +105,8 @@ class REVTAFConfig:
             raise ValueError(f"unknown pyramid_upsampling {self.pyramid_upsampling!r}")
         if self.resnet_layer_type not in ("basic", "bottleneck"):
             raise ValueError(f"unknown resnet_layer_type {self.resnet_layer_type!r}")
+        if self.grounding_weight and not (self.use_lre or self.use_fvtaf):
+            raise ValueError("grounding_weight supervises the region maps, which need use_lre or use_fvtaf")
         if len(self.resnet_depths) != len(self.resnet_hidden_sizes):
             raise ValueError("resnet_depths and resnet_hidden_sizes must have the same length")
 

@@ -26,18 +26,10 @@ from .metrics import (
 from .model import REVTAF
 from .observations import State, labels_to_states
 from .prompts import FINDING_PROMPTS
-from .study_dataset import study_loader
+from .study_dataset import read_masks, study_loader
 
 
 POINTING_TOLERANCE_PX = 15
-
-
-def _masks(study: Study) -> dict[str, list[np.ndarray]]:
-    return {
-        name: [np.asarray(Image.open(p).convert("L")) > 127 for p in paths]
-        for name, paths in study.mask_paths.items()
-        if name in FINDING_PROMPTS
-    }
 
 
 @torch.no_grad()
@@ -151,6 +143,6 @@ def _grounding_items(studies: Sequence[Study], reports: Sequence):
         if not study.mask_paths or not report.attention:
             continue
         maps = {m.prompt: m.heatmap for m in report.attention if m.kind == "region" and m.view == 0}
-        for name, masks in _masks(study).items():
+        for name, masks in read_masks(study).items():
             if study.labels.get(name) in (1, -1) and masks:
                 yield name, maps[FINDING_PROMPTS[name]], masks

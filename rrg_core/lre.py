@@ -18,6 +18,7 @@ from .config import REVTAFConfig
 from .hyperbolic import HyperbolicEncoder, pairwise_distance
 from .mpsa import MPSAOutput
 from .observations import State
+from .prompts import N_FINDING_PROMPTS
 
 
 class EntityScores(nn.Module):
@@ -51,9 +52,9 @@ class EntityScores(nn.Module):
 def entity_loss(entity_logits: Tensor, states: Tensor) -> Tensor:
     """BCE of the finding-prompt scores against 'observation is positive' (uncertain counts half).
 
-    entity_logits [B, K] with the first F columns being the finding prompts in OBSERVATIONS
-    order; states [B, 14]."""
-    n_findings = min(entity_logits.shape[1], states.shape[1])
+    entity_logits [B, K] with the first 13 columns being the finding prompts in OBSERVATIONS
+    order (No Finding, an absence, has none); states [B, 14]."""
+    n_findings = min(entity_logits.shape[1], N_FINDING_PROMPTS)
     findings = states[:, :n_findings]
     target = (findings == State.POSITIVE).float() + 0.5 * (findings == State.UNCERTAIN).float()
     return F.binary_cross_entropy_with_logits(entity_logits[:, :n_findings], target)

@@ -7,7 +7,8 @@
     top-1 reference's sentences -> FVTAF.align_global (MPSA) -> fused memory (both branches)
     prompt tokens + memory -> ReportDecoder (BERT) -> report
 
-Loss = LM + 4 cls + beta align + alpha rank + entity (each also returned on its own).
+Loss = LM + 4 cls + beta align + alpha rank + entity (+ grounding on data with masks; each
+term also returned on its own).
 Switches: ``use_lre`` (off: retrieval by cosine on the pooled image vector, no ranking loss),
 ``use_fvtaf`` (off: the decoder reads the plain patch tokens), ``use_mpsa`` (off: softmax
 cross-attention). All off is the PromptMRG-like baseline.
@@ -26,6 +27,7 @@ from .config import REVTAFConfig
 from .decoder import ReportDecoder
 from .diagnosis import DiagnosisHead
 from .fvtaf import FVTAF, consistency_loss
+from .grounding import grounding_loss
 from .lre import EntityScores, LearnableRetrievalEnhancer, entity_loss
 from .mpsa import MPSAOutput
 from .observations import OBSERVATIONS
@@ -125,10 +127,11 @@ class REVTAF(nn.Module):
     def forward(self, batch: dict, *, image_only: bool = False) -> dict[str, Tensor]:
         """batch: images [B, V, 1, H, W], report_ids / report_mask [B, T] (report tokens without
         specials), states [B, 14] (State values), study_ids (list of B str, excluded from their
-        own retrieval). Returns the total ``loss`` and each term.
+        own retrieval), and with ``grounding_weight`` masks [B, 13, H, W] (the frontal view's finding
+        masks, :func:`rrg_core.study_dataset.finding_masks`). Returns the total ``loss`` and each term.
 
         ``image_only``: the image-side warm-up objective, the label-supervised entity scores
-        alone (no retrieval, diagnosis or decoder; the other terms are returned as 0). A
+        (and the grounding loss) alone (no retrieval, diagnosis or decoder; the other terms are returned as 0). A
         from-scratch image encoder learns the findings far faster per second this way than
         under the full objective, whose language and ranking terms dominate it at first."""
         if image_only and self.entity_scores is None:
@@ -136,11 +139,15 @@ class REVTAF(nn.Module):
         states = batch["states"].long()
         encoded = self._encode(batch["images"], retrieval=not image_only)
         zero = encoded.visual.pooled.sum() * 0.0
-        losses = {"rank": zero, "entity": zero, "align": zero, "cls": zero, "lm": zero}
+        losses = {"rank": zero, "entity": zero, "ground": zero, "align": zero, "cls": zero, "lm": zero}
+        c = self.config
         if encoded.entity_logits is not None:
             losses["entity"] = entity_loss(encoded.entity_logits, states)
+        if c.grounding_weight and "masks" in batch:
+            losses["ground"] = grounding_loss(encoded.region.maps, batch["masks"], states, encoded.visual.grid)
+        image_side = c.entity_weight * losses["entity"] + c.grounding_weight * losses["ground"]
         if image_only:
-            losses["loss"] = self.config.entity_weight * losses["entity"]
+            losses["loss"] = image_side
             return losses
         if self.lre is not None:
             losses["rank"] = self.lre.ranking_loss(encoded.query, states)
@@ -158,13 +165,8 @@ class REVTAF(nn.Module):
         # Teacher forcing: the true states are the prompt during training (PromptMRG).
         losses["lm"] = self.decoder.loss(memory, states, batch["report_ids"], batch["report_mask"])
 
-        c = self.config
         losses["loss"] = (
-            losses["lm"]
-            + c.cls_weight * losses["cls"]
-            + c.beta * losses["align"]
-            + c.alpha * losses["rank"]
-            + c.entity_weight * losses["entity"]
+            losses["lm"] + c.cls_weight * losses["cls"] + c.beta * losses["align"] + c.alpha * losses["rank"] + image_side
         )
         return losses
 

@@ -5,22 +5,47 @@ import math
 from functools import partial
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from .config import REVTAFConfig
 from .datasets import Study
-from .observations import labels_to_states
+from .observations import OBSERVATIONS, labels_to_states
 from .preprocessing import prepare_image
+from .prompts import FINDING_PROMPTS, N_FINDING_PROMPTS
 from .report_text import normalize_report
 from .xray_io import read_xray
 
 
-def augment(image: Tensor, generator: torch.Generator) -> Tensor:
-    """Mild, anatomy-preserving jitter: rotate +-5 deg, scale 0.92-1.05, shift +-4 %, contrast/brightness."""
+def read_masks(study: Study) -> dict[str, list[np.ndarray]]:
+    """A study's finding masks (SynthCXR): boolean arrays at the masks' own size, one per instance."""
+    return {
+        name: [np.asarray(Image.open(p).convert("L")) > 127 for p in paths]
+        for name, paths in study.mask_paths.items()
+        if name in FINDING_PROMPTS
+    }
+
+
+def finding_masks(study: Study, size: int) -> Tensor:
+    """[N_FINDING_PROMPTS, size, size] float in [0, 1]: each finding's instances united and resized
+    like the image (:func:`rrg_core.preprocessing.prepare_image`); zeros where the study has none."""
+    out = torch.zeros(N_FINDING_PROMPTS, size, size)
+    for name, masks in read_masks(study).items():
+        union = torch.from_numpy(np.logical_or.reduce(masks).astype(np.float32))[None, None]
+        resized = F.interpolate(union, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[OBSERVATIONS.index(name)] = resized[0, 0]
+    return out
+
+
+def augment(image: Tensor, generator: torch.Generator, masks: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Mild, anatomy-preserving jitter: rotate +-5 deg, scale 0.92-1.05, shift +-4 %, contrast/brightness.
+
+    ``masks`` [F, H, W] (the view's finding masks) move with the image; returns (image, masks)."""
 
     def uniform(lo: float, hi: float) -> float:
         return lo + (hi - lo) * float(torch.rand((), generator=generator))
@@ -29,15 +54,20 @@ def augment(image: Tensor, generator: torch.Generator) -> Tensor:
     tx, ty = uniform(-0.04, 0.04), uniform(-0.04, 0.04)
     cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
     theta = torch.tensor([[cos, -sin, tx], [sin, cos, ty]], dtype=image.dtype)[None]
-    grid = F.affine_grid(theta, [1, *image.shape], align_corners=False)
+    grid = F.affine_grid(theta, [1, 1, *image.shape[-2:]], align_corners=False)
+
+    def warp(x: Tensor) -> Tensor:
+        return F.grid_sample(x[None], grid, align_corners=False, padding_mode="zeros")[0]
+
     fill = image.min()
-    moved = F.grid_sample((image - fill)[None], grid, align_corners=False, padding_mode="zeros")[0] + fill
-    return moved * uniform(0.9, 1.1) + uniform(-0.1, 0.1)
+    moved = (warp(image - fill) + fill) * uniform(0.9, 1.1) + uniform(-0.1, 0.1)
+    return moved, None if masks is None else warp(masks)
 
 
 class StudyDataset(Dataset):
     """Reads a study's views with :func:`rrg_core.read_xray`, normalises its report the way the
-    field does (R2Gen cleaning) and tokenises it for the decoder."""
+    field does (R2Gen cleaning) and tokenises it for the decoder. With ``grounding_weight`` set,
+    items also carry the frontal view's finding masks (:func:`finding_masks`)."""
 
     def __init__(
         self,
@@ -71,18 +101,23 @@ class StudyDataset(Dataset):
         if len(views) < c.n_views:
             views = views * c.n_views
         images = torch.stack([prepare_image(v, c.image_size, c.image_mean, c.image_std) for v in views[: c.n_views]])
+        masks = finding_masks(study, c.image_size) if c.grounding_weight else None
         if self.train:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
-            images = torch.stack([augment(view, generator) for view in images])
+            frontal, masks = augment(images[0], generator, masks)
+            images = torch.stack([frontal] + [augment(view, generator)[0] for view in images[1:]])
         report = normalize_report(study.report, self.dataset)
         ids = self.tokenizer(report, add_special_tokens=False, truncation=True, max_length=c.max_report_tokens)["input_ids"]
-        return {
+        item = {
             "images": images,
             "report": report,
             "report_ids": torch.tensor(ids, dtype=torch.long),
             "states": torch.tensor(labels_to_states(study.labels), dtype=torch.long),
             "study_id": study.study_id,
         }
+        if masks is not None:
+            item["masks"] = masks
+        return item
 
 
 def collate(items: Sequence[dict], pad_id: int = 0) -> dict:
@@ -94,7 +129,7 @@ def collate(items: Sequence[dict], pad_id: int = 0) -> dict:
         n = len(it["report_ids"])
         report_ids[row, :n] = it["report_ids"]
         report_mask[row, :n] = 1
-    return {
+    batch = {
         "images": torch.stack([it["images"] for it in items]),
         "report_ids": report_ids,
         "report_mask": report_mask,
@@ -102,6 +137,9 @@ def collate(items: Sequence[dict], pad_id: int = 0) -> dict:
         "study_ids": [it["study_id"] for it in items],
         "reports": [it["report"] for it in items],
     }
+    if "masks" in items[0]:
+        batch["masks"] = torch.stack([it["masks"] for it in items])
+    return batch
 
 
 def study_loader(

@@ -83,6 +83,7 @@ def test_image_warmup_epochs_train_the_image_side_alone(tmp_path, capsys):
     cfg = TrainConfig(
         data=str(data), preset="tiny", vocab_size=200, epochs=2, image_warmup_epochs=1, batch_size=4,
         lr=1e-3, min_lr=1e-4, warmup_steps=2, log_every=1, out_dir=str(tmp_path / "run"),
+        model={"grounding_weight": 1.0},
     )
     best = fit(cfg)
     rows = list(csv.DictReader((tmp_path / "run" / "train.csv").open()))
@@ -90,10 +91,19 @@ def test_image_warmup_epochs_train_the_image_side_alone(tmp_path, capsys):
     full = [r for r in rows if r["epoch"] == "2"]
     assert warmup and full
     assert all(float(r["lm"]) == 0 and float(r["cls"]) == 0 and float(r["entity"]) > 0 for r in warmup)
+    assert any(float(r["ground"]) > 0 for r in warmup)  # the masked effusions are in the warm-up too
     assert all(float(r["lm"]) > 0 for r in full)
     assert [r["epoch"] for r in csv.DictReader((tmp_path / "run" / "val.csv").open())] == ["2"]
     assert "image warm-up" in capsys.readouterr().out
     assert json.loads((best / "val_metrics.json").read_text())["epoch"] == 2
+
+
+def test_grounding_without_masks_in_the_data_is_refused(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", masks=False)
+    cfg = TrainConfig(data=str(data), preset="tiny", vocab_size=200, epochs=1, out_dir=str(tmp_path / "run"),
+                      model={"grounding_weight": 1.0})
+    with pytest.raises(SystemExit, match="no training study .* has finding masks"):
+        fit(cfg)
 
 
 def test_image_warmup_must_leave_full_epochs():

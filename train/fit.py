@@ -31,7 +31,7 @@ from rrg_core.tokenizer import load_tokenizer, train_tokenizer
 
 from .config import TrainConfig
 
-LOSS_TERMS = ("loss", "lm", "cls", "align", "rank", "entity")
+LOSS_TERMS = ("loss", "lm", "cls", "align", "rank", "entity", "ground")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -154,6 +154,8 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     val_studies = splits["val"][: cfg.max_val_studies]
     with accelerator.main_process_first():
         model = make_model(cfg, train_studies, out, resume)
+    if model.config.grounding_weight and not any(s.mask_paths for s in train_studies):
+        raise SystemExit(f"grounding_weight is set but no training study in {cfg.data} has finding masks")
     core = model  # the unwrapped model: index, saving, generation
     train_loader = loader(train_studies, core, cfg, train=True)
     index_loader = loader(train_studies, core, cfg, train=False)
@@ -202,7 +204,8 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
                      **{k: running[k] / i for k in LOSS_TERMS}, "elapsed_s": round(time.time() - started, 1)})
 
         if image_only:  # nothing to validate or keep yet: the decoder has not trained
-            accelerator.print(f"epoch {epoch + 1} (image warm-up): entity {running['entity'] / i:.3f}")
+            accelerator.print(f"epoch {epoch + 1} (image warm-up): entity {running['entity'] / i:.3f}, "
+                              f"ground {running['ground'] / i:.3f}")
             state.update(epoch=epoch + 1)
         else:
             core.index = build_index(core, index_loader, keep_texts=cfg.keep_index_texts)
