@@ -42,7 +42,8 @@ def test_default_weights_use_the_current_recipe(default_model):
     c = default_model.config
     assert (c.feature_pyramid, c.prompt_offsets, c.entity_pooling, c.diagnosis_evidence) == (True, True, "similarity", True)
     assert default_model.visual.lateral is not None and default_model.diagnosis.evidence is not None
-    assert c.pyramid_upsampling == "nearest"  # trained before the aligned upsampling
+    assert c.pyramid_upsampling == "aligned" and c.sinkhorn_tol == REVTAFConfig().sinkhorn_tol
+    assert c.grounding_weight > 0  # its heatmaps are mask-supervised (the card says so)
 
 
 # Fields that train.fit and train.release fill in from the data and the validation split.
