@@ -40,6 +40,16 @@ MISSING_TEXTS = (
     "be redistributed), so references show study ids, label states and distances only. Start the "
     "demo with `--reference-data DIR` (the training dataset folder) to show the texts."
 )
+# What a map means depends on how the weights were trained (REVTAFConfig.grounding_weight).
+GROUNDED_MAPS = (
+    "These weights were trained to put each finding's map on the finding itself (annotated masks), "
+    "so a finding's map shows where the model locates it."
+)
+EMERGENT_MAPS = (
+    "These maps are emergent attention, trained from labels and report text only: they show where "
+    "the model read each prompt, which can be a finding's edge or a neighbouring structure rather "
+    "than the finding."
+)
 NO_FRONTAL = "Upload a frontal chest X-ray first (PNG, JPEG or DICOM)."
 EXPIRED = "The uploaded file is no longer on the server (uploads are deleted after a few minutes); upload it again."
 
@@ -52,6 +62,7 @@ class LoadedModel:
     weights_id: str
     card: str  # markdown: what the weights are and what they were trained on
     texts_note: str | None  # why reference texts are missing; None when they are shown
+    maps_note: str  # what the attention maps of these weights mean
 
 
 @dataclass
@@ -82,6 +93,7 @@ def load(weights: str | None = None, reference_data: str | os.PathLike | None = 
         weights_id=_weights_id(weights, folder),
         card=model_card_summary(folder),
         texts_note=None if has_texts else MISSING_TEXTS,
+        maps_note=GROUNDED_MAPS if model.config.grounding_weight else EMERGENT_MAPS,
     )
 
 

@@ -80,7 +80,8 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
                                   interactive=False, wrap=True, column_widths=["6%", "10%", "12%", "12%", "20%", "40%"],
                                   elem_id="references")
 
-        gr.Markdown("## MPSA attention maps\nWhere each prompt was read on the image; predicted-positive findings first.")
+        gr.Markdown("## MPSA attention maps\nWhere each prompt was read on the image; predicted-positive findings first. "
+                    + loaded.maps_note)
         with gr.Row():
             with gr.Column(scale=3):
                 map_choice = gr.Dropdown(label="Prompt", choices=[], interactive=True)

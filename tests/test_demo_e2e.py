@@ -153,6 +153,11 @@ def test_the_embedded_default_weights_load_with_no_flags():
     assert loaded.weights_id == "embedded default (assets/weights/synthcxr)"
     assert loaded.texts_note is None, "SynthCXR reports are ours to ship, so the default index holds its texts"
     assert loaded.card != "no model card"
+    assert loaded.maps_note == service.GROUNDED_MAPS  # the default's maps are mask-supervised
+
+
+def test_the_page_says_whether_the_maps_are_emergent(weights):
+    assert service.load(str(weights)).maps_note == service.EMERGENT_MAPS  # trained without masks
 
 
 def test_a_full_size_radiograph_gets_heatmaps_no_larger_than_the_page_draws(weights):
