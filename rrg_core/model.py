@@ -127,13 +127,14 @@ class REVTAF(nn.Module):
     def forward(self, batch: dict, *, image_only: bool = False) -> dict[str, Tensor]:
         """batch: images [B, V, 1, H, W], report_ids / report_mask [B, T] (report tokens without
         specials), states [B, 14] (State values), study_ids (list of B str, excluded from their
-        own retrieval), and with ``grounding_weight`` masks [B, 13, H, W] (the frontal view's finding
-        masks, :func:`rrg_core.study_dataset.finding_masks`). Returns the total ``loss`` and each term.
+        own retrieval), and with ``grounding_weight`` masks [B, 13, H, W] (the frontal view's
+        finding masks, :func:`rrg_core.study_dataset.finding_masks`). Returns the total ``loss``
+        and each term.
 
-        ``image_only``: the image-side warm-up objective, the label-supervised entity scores
-        (and the grounding loss) alone (no retrieval, diagnosis or decoder; the other terms are returned as 0). A
-        from-scratch image encoder learns the findings far faster per second this way than
-        under the full objective, whose language and ranking terms dominate it at first."""
+        ``image_only``: the image-side warm-up objective, the label-supervised entity scores (and
+        the grounding loss) alone (no retrieval, diagnosis or decoder; the other terms are
+        returned as 0). A from-scratch image encoder learns the findings far faster per second this
+        way than under the full objective, whose language and ranking terms dominate it at first."""
         if image_only and self.entity_scores is None:
             raise ValueError("image_only needs the entity scores (use_lre or use_fvtaf)")
         states = batch["states"].long()
@@ -166,7 +167,8 @@ class REVTAF(nn.Module):
         losses["lm"] = self.decoder.loss(memory, states, batch["report_ids"], batch["report_mask"])
 
         losses["loss"] = (
-            losses["lm"] + c.cls_weight * losses["cls"] + c.beta * losses["align"] + c.alpha * losses["rank"] + image_side
+            losses["lm"] + c.cls_weight * losses["cls"] + c.beta * losses["align"] + c.alpha * losses["rank"]
+            + image_side
         )
         return losses
 

@@ -8,8 +8,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
