@@ -1,4 +1,5 @@
-"""Parameter counts and CPU train-step / image warm-up step / generate times per preset.
+"""Parameter counts and CPU train-step / image warm-up step / generate times per preset, and what
+the optional mask-supervised heatmap loss (``grounding_weight``) adds to a train step.
 
     python -m benchmarks.bench_model [--presets tiny small paper] [--batch 8] [--threads 2]
 
@@ -15,6 +16,7 @@ import torch
 from rrg_core.config import REVTAFConfig
 from rrg_core.indexing import build_index
 from rrg_core.model import REVTAF
+from rrg_core.prompts import N_FINDING_PROMPTS
 from rrg_core.tokenizer import train_tokenizer
 
 TEXT = [
@@ -50,7 +52,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tokenizer = train_tokenizer(TEXT * 5, vocab_size=300, min_frequency=1)
     print(f"| preset | parameters | train step (fwd+bwd), batch {args.batch} | image warm-up step | full / warm-up "
-          f"| generate, batch {args.batch}, beam 3, {args.tokens} tokens |\n| --- | --- | --- | --- | --- | --- |")
+          f"| with grounding loss / without | generate, batch {args.batch}, beam 3, {args.tokens} tokens |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
     for name in args.presets:
         config = REVTAFConfig.preset(name, vocab_size=len(tokenizer), backbone_hub_id=None, text_hub_id=None,
                                      decoder_hub_id=None, top_k=3)
@@ -59,20 +62,24 @@ def main() -> None:
         batch = batch_for(config, tokenizer, args.batch)
         model.index = build_index(model, [batch])
         params = sum(p.numel() for p in model.parameters())
+        masks = torch.zeros(args.batch, N_FINDING_PROMPTS, config.image_size, config.image_size)
+        masks[..., : config.image_size // 2, :] = 1  # every finding in the upper half
 
-        def step(image_only: bool = False):
+        def step(image_only: bool = False, grounded: bool = False):
+            model.config.grounding_weight = float(grounded)
             model.zero_grad()
-            model(batch, image_only=image_only)["loss"].backward()
+            model({**batch, "masks": masks} if grounded else batch, image_only=image_only)["loss"].backward()
 
-        repeats = 1 if name == "paper" else 2
+        repeats = {"paper": 1, "small": 3}.get(name, 10)
         train_s = timed(step, repeats)
         warmup_s = timed(lambda: step(image_only=True), repeats)
+        grounded_s = timed(lambda: step(grounded=True), repeats)
         model.eval()
         tokens = min(args.tokens, config.max_report_tokens)
         gen_s = timed(lambda: model.generate(batch["images"], num_beams=3, min_new_tokens=tokens,
                                              max_new_tokens=tokens), repeats=1)
         print(f"| {name} | {params / 1e6:.1f} M | {train_s:.2f} s | {warmup_s:.2f} s | {train_s / warmup_s:.1f}x "
-              f"| {gen_s:.2f} s |", flush=True)
+              f"| {grounded_s / train_s:.2f}x | {gen_s:.2f} s |", flush=True)
 
 
 if __name__ == "__main__":
