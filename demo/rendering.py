@@ -20,7 +20,8 @@ from rrg_core.outputs import AttentionMap, Report
 from rrg_core.xray_io import XRay
 
 VIEW_NAMES: tuple[str, ...] = ("frontal", "lateral")
-FINDINGS_HEADERS = ["Finding", "Predicted state", "Group", "P(pos.)", "P(unc.)", "P(neg.)", "P(not mentioned)"]
+FINDINGS_HEADERS = ["Finding", "Predicted state", "Group", "P(pos.)", "P(unc.)", "P(neg.)", "P(not mentioned)",
+                    "Map side (patient R / L)"]
 COLORMAP = "turbo"
 # Attention is shown relative to a uniform map (1 = no preference for any place). Colours start
 # above 1 and the scale reaches at least MIN_SCALE, so a near-uniform map stays near-transparent
@@ -102,9 +103,15 @@ def findings_table(report: Report) -> list[list]:
             round(row["p_uncertain"], 3),
             round(row["p_negative"], 3),
             round(row["p_not_mentioned"], 3),
+            _sides(row["map_right_share"]),
         ]
         for row in report.findings()
     ]
+
+
+def _sides(right: float | None) -> str:
+    """'R 80 % / L 20 %': where the finding's frontal map lies (patient's sides); '' without a map."""
+    return "" if right is None else f"R {100 * right:.0f} % / L {100 * (1 - right):.0f} %"
 
 
 def reference_headers(metric: str) -> list[str]:

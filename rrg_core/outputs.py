@@ -43,6 +43,15 @@ class AttentionMap:
     view: int = 0  # which input view (0 = frontal, 1 = lateral)
     observation: str | None = None  # the CheXpert observation a finding prompt stands for
 
+    def right_share(self) -> float:
+        """The share of the map on the patient's right: the image's left half, as a frontal
+        radiograph is displayed (an odd middle column counts half to each side). Evidence of the
+        side a finding is on, independent of the text, which may name the other side."""
+        columns = self.heatmap.sum(axis=0, dtype=np.float64)
+        half = len(columns) // 2
+        right = columns[:half].sum() + (columns[half] / 2 if len(columns) % 2 else 0.0)
+        return float(right / max(columns.sum(), 1e-12))
+
 
 @dataclass
 class Report:
@@ -55,7 +64,9 @@ class Report:
     attention: list[AttentionMap] = field(default_factory=list)
 
     def findings(self) -> list[dict[str, Any]]:
-        """Per-observation summary sorted by probability of being present (positive)."""
+        """Per-observation summary sorted by probability of being present (positive), with the
+        share of the finding's frontal map on the patient's right (None without such a map)."""
+        frontal = {m.observation: m for m in self.attention if m.kind == "region" and m.view == 0 and m.observation}
         rows = []
         for name, state in zip(OBSERVATIONS, self.states):
             p = self.probabilities[name]
@@ -68,6 +79,7 @@ class Report:
                     "p_negative": float(p[2]),
                     "p_not_mentioned": float(p[0]),
                     "group": group_of(name),
+                    "map_right_share": frontal[name].right_share() if name in frontal else None,
                 }
             )
         return sorted(rows, key=lambda r: -r["p_positive"])

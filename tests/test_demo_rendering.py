@@ -148,7 +148,8 @@ def test_findings_table_has_every_observation_sorted_by_probability_with_state_a
     rows = rendering.findings_table(_report())
     assert len(rows) == len(OBSERVATIONS) and len(rows[0]) == len(rendering.FINDINGS_HEADERS)
     assert [r[0] for r in rows[:4]] == ["Cardiomegaly", "Pleural Effusion", "Edema", "Pneumothorax"]
-    assert rows[0] == ["Cardiomegaly", "positive", "head", 0.9, 0.033, 0.033, 0.033]
+    assert rows[0] == ["Cardiomegaly", "positive", "head", 0.9, 0.033, 0.033, 0.033, "R 50 % / L 50 %"]
+    assert rows[2][0] == "Edema" and rows[2][-1] == ""  # no map for Edema in this report
     assert rows[2][1:3] == ["uncertain", "head"] and rows[3][1:3] == ["negative", "tail"]
     p_positive = [r[3] for r in rows]
     assert p_positive == sorted(p_positive, reverse=True)
