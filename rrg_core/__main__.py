@@ -99,7 +99,10 @@ def format_text(record: dict[str, Any]) -> str:
     if record["error"]:
         return "\n".join([*lines, f"  error: {record['error']}", ""])
     flagged = [f for f in record["findings"] if f["state"] in (STATE_NAMES[State.POSITIVE], STATE_NAMES[State.UNCERTAIN])]
-    findings = "; ".join(f"{f['observation']} {f['state']} (P(positive) {f['p_positive']:.2f})" for f in flagged)
+    findings = "; ".join(
+        f"{f['observation']} {f['state']} (P(positive) {f['p_positive']:.2f}{_map_side(f['map_right_share'])})"
+        for f in flagged
+    )
     references = ", ".join(
         f"{r['study_id']} ({r['distance']:.4f}{', global prompt' if r['is_global_prompt'] else ''})"
         for r in record["references"][:TEXT_REFERENCES]
@@ -111,6 +114,14 @@ def format_text(record: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _map_side(right: float | None) -> str:
+    """Where the finding's frontal map lies, to check the text's side against."""
+    if right is None:
+        return ""
+    side, share = ("right", right) if right >= 0.5 else ("left", 1 - right)
+    return f", map {100 * share:.0f} % on the patient's {side}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,18 @@ def test_text_form_is_readable(weights, files, capsys):
     assert notes.splitlines() == [str(files["notes"]), "  error: " + _read_error(files["notes"])]
 
 
+def test_text_form_gives_the_side_of_each_flagged_findings_map():
+    from rrg_core.__main__ import format_text
+
+    finding = {"observation": "Pleural Effusion", "state": "positive", "p_positive": 0.9, "map_right_share": 0.1}
+    record = {"file": "x.png", "error": None, "report": "small left pleural effusion .", "references": [],
+              "findings": [finding, {**finding, "observation": "Edema", "state": "uncertain", "map_right_share": None}]}
+    assert format_text(record).splitlines()[2] == (
+        "  findings: Pleural Effusion positive (P(positive) 0.90, map 90 % on the patient's left); "
+        "Edema uncertain (P(positive) 0.90)"
+    )
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
