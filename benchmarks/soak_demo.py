@@ -42,7 +42,7 @@ import numpy as np
 import psutil
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
 from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ class Figures:
     rss_peak_mb: float = 0.0
     rss_settled_mb: float = 0.0
     settle_s: float = 0.0
-    files_left_after_burst: int = 0
+    files_left_after_burst: dict[str, int] = field(default_factory=dict)
     refusals: list[str] = field(default_factory=list)
     busy_answers: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
@@ -125,8 +125,15 @@ class Server:
     def rss_mb(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
 
-    def files(self) -> int:
-        return sum(1 for folder in self.folders for p in folder.rglob("*") if p.is_file() and p.name != ".lock")
+    def files(self) -> list[Path]:
+        return [p for folder in self.folders for p in folder.rglob("*") if p.is_file() and p.name != ".lock"]
+
+    def leftovers(self) -> dict[str, int]:
+        """The files in the server's folder: uploads (random names), downloads and example copies."""
+        examples = {p.name for p in EXAMPLES.iterdir()}
+        kinds = ["download" if p.name.startswith("rrg-report-") else "example" if p.name in examples else "upload"
+                 for p in self.files()]
+        return {kind: kinds.count(kind) for kind in ("upload", "download", "example")}
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -213,19 +220,12 @@ def write_dicom(film: Path, out: Path) -> Path:
     image = Image.open(film).convert("L")
     scale = DICOM_SIDE / max(image.size)
     image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
-    pixels = (np.asarray(image, np.uint16) * 16).astype(np.uint16)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = DigitalXRayImageStorageForPresentation, generate_uid()
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "PID-424242", "19700101"
     ds.Modality, ds.ViewPosition, ds.StudyDate = "DX", "PA", "20240131"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
+    ds.set_pixel_data(np.asarray(image, np.uint16) * 16, "MONOCHROME2", 12)  # sets the file meta too
     ds.save_as(out, enforce_file_format=True)
     return out
 
@@ -277,7 +277,8 @@ def run_measured(command: list[str]) -> dict:
         err.seek(0)
         stderr = err.read().decode(errors="replace").strip()
     return {"exit": proc.returncode, "stderr_lines": len(stderr.splitlines()), "stderr": stderr,
-            "peak_rss_mb": round(usage.ru_maxrss / 1024), "seconds": round(time.monotonic() - started, 2)}
+            "peak_rss_mb": round(usage.ru_maxrss / 1024), "seconds": round(time.monotonic() - started, 2),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2)}
 
 
 # ---------------------------------------------------------------- phases
@@ -296,7 +297,7 @@ def soak(args: argparse.Namespace, work: Path, figures: Figures) -> None:
         time.sleep(args.settle_s)
         figures.settle_s = args.settle_s
         figures.rss_settled_mb = server.rss_mb()
-        figures.files_left_after_burst = server.files()
+        figures.files_left_after_burst = server.leftovers()
     finally:
         server.stop()
     figures.requests = len(outcomes)
@@ -320,16 +321,16 @@ def sigterm_mid_burst(args: argparse.Namespace, work: Path, figures: Figures) ->
         while sum(f.done() for f in pending) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)  # some answered, the others uploaded, queued or running
         figures.sigterm_exit_code = server.stop()
-    figures.files_left_after_sigterm = server.files() + sum(1 for f in server.folders if f.exists())
+    figures.files_left_after_sigterm = len(server.files())
 
 
 def bad_weights(args: argparse.Namespace, work: Path, figures: Figures) -> None:
     film = str(films(args.data, 1)[0])
     for name, folder in bad_weight_folders(args.weights, work / "bad_weights").items():
-        for program, command in [("CLI", [sys.executable, "-m", "rrg_core", "report", film, "--weights", str(folder)]),
-                                 ("app.py", [sys.executable, "app.py", "--weights", str(folder),
-                                             "--port", str(_free_port())])]:
-            figures.bad_weights.append({"folder": name, "program": program, **run_measured(command)})
+        commands = {"CLI": [sys.executable, "-m", "rrg_core", "report", film, "--weights", str(folder)],
+                    "app.py": [sys.executable, "app.py", "--weights", str(folder), "--port", str(_free_port())]}
+        for program in args.programs.split(","):
+            figures.bad_weights.append({"folder": name, "program": program, **run_measured(commands[program])})
 
 
 def main(argv: list[str] | None = None) -> Figures:
@@ -341,6 +342,7 @@ def main(argv: list[str] | None = None) -> Figures:
     parser.add_argument("--settle-s", type=float, default=120)
     parser.add_argument("--queue-size", type=int, default=128)
     parser.add_argument("--phases", default="soak,sigterm,weights")
+    parser.add_argument("--programs", default="CLI,app.py", help="what the bad weight folders are given to")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     figures = Figures()
@@ -367,7 +369,7 @@ def _print(f: Figures) -> None:
     print(f"SIGTERM mid-burst: exit code {f.sigterm_exit_code}, files left on disk: {f.files_left_after_sigterm}")
     for row in f.bad_weights:
         print(f"bad weights, {row['folder']}, {row['program']}: exit {row['exit']}, {row['stderr_lines']} stderr line(s), "
-              f"peak RSS {row['peak_rss_mb']} MB, {row['seconds']} s: {row['stderr'][:160]}")
+              f"peak RSS {row['peak_rss_mb']} MB, {row['seconds']} s ({row['cpu_seconds']} s CPU): {row['stderr'][:160]}")
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ class RandomUploadNames:
         if boundary is None:
             await self.app(scope, receive, send)
             return
-        pattern = re.compile(rb"(--" + re.escape(boundary) + rb"\r\n(?:[^\r\n]*\r\n)*?[^\r\n]*filename=\")([^\"\r\n]*)")
+        pattern = re.compile(rb"(--" + re.escape(boundary) + rb"\r\n(?:[^\r\n]+\r\n)*?[^\r\n]*filename=\")([^\"\r\n]*)")
         pending = b""
 
         async def renaming_receive() -> dict:
