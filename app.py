@@ -61,6 +61,9 @@ def _stop(signum: int, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from demo import memory
+
+    memory.tune()  # before any thread or large array
     from demo import service, storage  # no gradio yet: a bad weights folder is refused before its slow import
 
     try:

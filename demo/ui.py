@@ -30,7 +30,7 @@ from starlette.middleware import Middleware
 
 from rrg_core.xray_io import UnreadableImage
 
-from . import guard, rendering, service, storage
+from . import guard, memory, rendering, service, storage
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 # The upload boxes take any file: DICOM from a PACS often has no extension (read_xray tells the
@@ -150,7 +150,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             progress(0.2, desc="Generating the report")
             out = draft(views, beams, max_length)
             del views
-            service.release_memory()
+            memory.release()
             return out
 
         def generate(frontal, lateral, beams, max_length):
@@ -161,7 +161,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
                 raise gr.Error(str(err), print_exception=False) from None
             out = draft(views, beams, max_length)[:-1]
             del views
-            service.release_memory()
+            memory.release()
             return out
 
         def check_page(frontal, lateral, beams, max_length, held):
@@ -195,7 +195,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
         def forget(request: gr.Request):
             """The tab was closed: drop its state now rather than after Gradio's hour for closed sessions."""
             page.state_holder.delete_state(request.session_hash)
-            service.release_memory()
+            memory.release()
 
         results = [report_box, findings, references, txt_button, json_button, map_choice, heatmap, gallery, result]
         outputs = [report_box, findings, references, txt_button, json_button]
@@ -237,7 +237,7 @@ def _option_checks(beams: Any, max_length: Any) -> list[dict]:
 
 
 def _released(_: Any) -> None:
-    service.release_memory()
+    memory.release()
 
 
 def _validity(name: str | None, view: str, fetch: Callable[[str], bytes | None], required: bool = False) -> dict:
