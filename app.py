@@ -55,6 +55,11 @@ def _credentials(value: str) -> tuple[str, str]:
     return user, password
 
 
+def _cannot_start(err: Exception) -> int:
+    print(f"app.py: cannot start: {err}", file=sys.stderr)
+    return 2
+
+
 def _stop(signum: int, frame) -> None:
     raise KeyboardInterrupt  # Gradio closes its server on it; main's finally deletes the files
 
@@ -64,13 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     from demo import memory
 
     memory.tune()  # before any thread or large array
-    from demo import service, storage  # no gradio yet: a bad weights folder is refused before its slow import
+    from rrg_core.config import check_folder_config
+
+    try:
+        check_folder_config(args.weights)  # a broken config.json is refused before torch is imported
+    except ValueError as err:
+        return _cannot_start(err)
+    from demo import service, storage  # and a broken weights folder before gradio is
 
     try:
         loaded = service.load(args.weights, args.reference_data)
     except service.STARTUP_ERRORS as err:
-        print(f"app.py: cannot start: {err}", file=sys.stderr)
-        return 2
+        return _cannot_start(err)
     files = storage.RunFolder()  # deletes what earlier runs left
     os.environ["GRADIO_TEMP_DIR"] = str(files.uploads)  # before gradio is imported
     atexit.register(files.purge)  # again at exit: a worker thread may still have written a file

@@ -129,40 +129,31 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             return ("", [], [], gr.DownloadButton(value=None, interactive=False),
                     gr.DownloadButton(value=None, interactive=False), gr.Dropdown(choices=[], value=None), None, [], None)
 
-        def draft(views, beams, max_length) -> tuple:
-            """Report, findings, references, downloads and the session's Evidence; the full result
-            (decoded film, full-size maps) is dropped before the handler returns."""
+        def draft(frontal, lateral, fetch, beams, max_length) -> tuple:
+            """Report, findings, references, downloads and the session's Evidence. The decoded film
+            and the full-size maps are dropped, and their memory handed back, before this returns."""
+            try:
+                views = service.read_views(_path(frontal), _path(lateral), fetch)
+            except UnreadableImage as err:
+                raise gr.Error(str(err), print_exception=False) from None
             started = time.monotonic()
             done = service.generate(loaded, views, beams=beams, max_length=max_length)
+            pace.record(time.monotonic() - started)
             shown = service.evidence(done)
             txt, js = outbox.export(shown, shown.report.text)
             out = (done.report.text, rendering.findings_table(done.report), rendering.references_table(done.report),
                    txt, js, shown)
-            pace.record(time.monotonic() - started)
+            del views, done
+            memory.release()
             return out
 
         def generate_on_page(frontal, lateral, beams, max_length, held, progress=gr.Progress()):
-            progress(0.05, desc="Reading the X-ray")
-            try:
-                views = service.read_views(_path(frontal), _path(lateral), held.get)
-            except UnreadableImage as err:
-                raise gr.Error(str(err), print_exception=False) from None
-            progress(0.2, desc="Generating the report")
-            out = draft(views, beams, max_length)
-            del views
-            memory.release()
-            return out
+            progress(0.1, desc="Generating the report")
+            return draft(frontal, lateral, held.get, beams, max_length)
 
         def generate(frontal, lateral, beams, max_length):
             """Draft a report for one chest X-ray (frontal view, optional lateral view)."""
-            try:
-                views = service.read_views(_path(frontal), _path(lateral), uploads.claim)
-            except UnreadableImage as err:
-                raise gr.Error(str(err), print_exception=False) from None
-            out = draft(views, beams, max_length)[:-1]
-            del views
-            memory.release()
-            return out
+            return draft(frontal, lateral, uploads.claim, beams, max_length)[:-1]
 
         def check_page(frontal, lateral, beams, max_length, held):
             return [*_view_checks(frontal, lateral, held.get), *_option_checks(beams, max_length), VALID]
