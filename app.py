@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app.py: warning: serving on {args.host} without --auth: anyone who can reach it may use it",
               file=sys.stderr)
     try:
-        page, busy = ui.build(loaded, files, queue_size=args.queue_size)
+        page, refused = ui.build(loaded, files, queue_size=args.queue_size)
         extra = [*args.allowed_hosts.split(","), os.environ.get("SPACE_HOST", "")]
-        ui.launch(page, busy, host=args.host, port=args.port, share=args.share, auth=args.auth, allowed_hosts=extra)
+        ui.launch(page, refused, host=args.host, port=args.port, share=args.share, auth=args.auth, allowed_hosts=extra)
     except KeyboardInterrupt:
         pass
     finally:

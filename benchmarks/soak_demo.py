@@ -129,10 +129,11 @@ class Server:
         return [p for folder in self.folders for p in folder.rglob("*") if p.is_file() and p.name != ".lock"]
 
     def leftovers(self) -> dict[str, int]:
-        """The files in the server's folder: uploads (random names), downloads and example copies."""
-        examples = {p.name for p in EXAMPLES.iterdir()}
-        kinds = ["download" if p.name.startswith("rrg-report-") else "example" if p.name in examples else "upload"
-                 for p in self.files()]
+        """The files in the server's folder: uploads, downloads and copies of the (synthetic) examples,
+        which the server keeps whatever their name."""
+        examples = {p.read_bytes() for p in EXAMPLES.iterdir()}
+        kinds = ["download" if p.name.startswith("rrg-report-") else "example" if p.read_bytes() in examples
+                 else "upload" for p in self.files()]
         return {kind: kinds.count(kind) for kind in ("upload", "download", "example")}
 
     def stop(self) -> int:

@@ -51,9 +51,9 @@ CSS = """
 
 
 def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int = QUEUE_SIZE
-          ) -> tuple[gr.Blocks, Callable[[], tuple[int, int]]]:
-    """The whole page for one loaded model, and what to tell a client the queue refuses:
-    () -> (requests waiting, seconds to wait)."""
+          ) -> tuple[gr.Blocks, Callable[[bytes], tuple[int, int]]]:
+    """The whole page for one loaded model, and what to do with a request the full queue refuses:
+    (its body) -> (requests waiting, seconds to wait)."""
     outbox = service.Outbox(files.outbox)
     uploads = storage.Uploads(files.uploads, keep=_example_files())
     pace = service.Pace()
@@ -208,10 +208,13 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
 
     page.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=queue_size)
 
-    def busy() -> tuple[int, int]:
+    def refused(body: bytes) -> tuple[int, int]:
+        """A request the full queue refuses: its uploads go (they will never be read)."""
+        for name in guard.upload_paths(body):
+            uploads.claim(name)
         return queue_size, max(1, math.ceil(queue_size * pace.seconds / CONCURRENCY_LIMIT))
 
-    return page, busy
+    return page, refused
 
 
 def _path(upload: dict | None) -> str | None:
@@ -264,14 +267,14 @@ def _render(shown: service.Evidence, index: int):
     return rendering.overlay(service.display_pixels(shown, amap), amap.heatmap, title)
 
 
-def launch(page: gr.Blocks, busy: Callable[[], tuple[int, int]], *, host: str, port: int, share: bool = False,
+def launch(page: gr.Blocks, refused: Callable[[bytes], tuple[int, int]], *, host: str, port: int, share: bool = False,
            auth: tuple[str, str] | None = None, allowed_hosts: Iterable[str] = (), **kwargs) -> None:
     """Serve the page until SIGINT/SIGTERM (``share`` creates a public gradio.live link; off unless
     asked). Requests must name this host (see demo.guard), uploads get random names, and a refused
     request is told when to retry."""
     middleware = [
         Middleware(guard.HostCheck, allowed=guard.allowed_hosts(host, allowed_hosts)),
-        Middleware(guard.BusyAnswer, estimate=busy),
+        Middleware(guard.BusyAnswer, refused=refused),
         Middleware(guard.RandomUploadNames),
     ]
     try:
