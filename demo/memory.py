@@ -1,6 +1,6 @@
 """The server's memory after a burst: glibc's allocator keeps freed memory for reuse, so without
 help the process stays at the peak of its last burst (measured: 830 MB two minutes after a burst
-of 100 that started at 666 MB; with these settings 655 MB from 640 MB, and a peak of 1.28 GB
+of 100 that started at 666 MB; with these settings 660 MB from 642 MB, and a peak of 1.28 GB
 instead of 1.59 GB; benchmarks/soak_demo.py). Elsewhere than glibc both calls do nothing.
 """
 from __future__ import annotations
