@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .faithful import Consistency
 from .observations import OBSERVATIONS, STATE_NAMES, group_of
 
 
@@ -57,11 +58,15 @@ class AttentionMap:
 class Report:
     """A generated report for one study, with per-finding probabilities, references and maps."""
 
-    text: str
+    text: str  # the draft as prose; it agrees with ``states`` (rrg_core.faithful)
     probabilities: dict[str, list[float]]  # observation -> probabilities of the 4 states
-    states: list[int]  # predicted State per observation, OBSERVATIONS order
+    states: list[int]  # the State per observation the text was written from, OBSERVATIONS order
     references: list[Reference] = field(default_factory=list)
     attention: list[AttentionMap] = field(default_factory=list)
+    predicted_states: list[int] | None = None  # the model's own decision, before the reader's overrides
+    overrides: dict[str, str] = field(default_factory=dict)  # observation -> state name, set by the reader
+    decision_rules: dict[str, str] = field(default_factory=dict)  # observation -> how its state was decided
+    consistency: Consistency | None = None  # how the draft was made to agree with the states
 
     def findings(self) -> list[dict[str, Any]]:
         """Per-observation summary sorted by probability of being present (positive), with the
@@ -74,6 +79,8 @@ class Report:
                 {
                     "observation": name,
                     "state": STATE_NAMES[state],
+                    "set_by": "reader" if name in self.overrides else "model",
+                    "decision_rule": self.decision_rules.get(name),
                     "p_positive": float(p[1]),
                     "p_uncertain": float(p[3]),
                     "p_negative": float(p[2]),
@@ -90,4 +97,6 @@ class Report:
             "report": self.text,
             "findings": self.findings(),
             "references": [r.to_dict() for r in self.references],
+            "overrides": dict(self.overrides),
+            "consistency": self.consistency.to_dict() if self.consistency else None,
         }

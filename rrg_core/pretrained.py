@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import REVTAFConfig
+from .decisions import DecisionRule
 from .hub import push_folder, resolve_weights
 from .model import REVTAF
 from .reference_index import ReferenceIndex
@@ -37,6 +38,8 @@ def save_pretrained(model: REVTAF, directory: str | os.PathLike, *, dtype: torch
     model.tokenizer.save_pretrained(directory)
     if model.index is not None:
         model.index.save(directory)
+    if model.decision is not None:
+        model.decision.save(directory)
     return directory
 
 
@@ -112,7 +115,9 @@ def from_pretrained(
     has_index = load_index and (folder / "reference_index.json").is_file()
     index = ReferenceIndex.load(folder, texts_from=texts_from) if has_index else None
 
+    decision = DecisionRule.load(folder)
     model = REVTAF(config, tokenizer, index)
+    model.decision = decision
     expected = model.state_dict()
     tensors, missing = _read_state_dict(folder / WEIGHTS_NAME, expected)
     canonical = _shared_storage(expected)
