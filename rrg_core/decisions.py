@@ -25,7 +25,7 @@ _PATHOLOGY_INDICES = [OBSERVATIONS.index(o) for o in PATHOLOGIES]
 # Accepted spellings of a state in overrides (CLI, API, demo).
 _STATE_WORDS = {**{name: State(i) for i, name in enumerate(STATE_NAMES)}, "blank": State.BLANK}
 # Observations with fewer validation positives than this keep the posterior's majority (0.5).
-MIN_POSITIVES = 5
+MIN_POSITIVES = 8
 DEFAULT_THRESHOLD = 0.5
 
 

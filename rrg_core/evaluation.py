@@ -14,6 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .datasets import Study
+from .decisions import DecisionRule, fit_thresholds
 from .labeler import label_report
 from .metrics import (
     clinical_efficacy,
@@ -24,8 +25,9 @@ from .metrics import (
     retrieval_metrics,
 )
 from .model import REVTAF
-from .observations import State, labels_to_states
+from .observations import OBSERVATIONS, State, labels_to_states
 from .prompts import FINDING_PROMPTS
+from .report_text import normalize_report
 from .study_dataset import read_masks, study_loader
 
 
@@ -45,23 +47,21 @@ def diagnosis_logits(model: REVTAF, studies: Sequence[Study], *, dataset: str = 
     return torch.cat(logits), torch.cat(states)
 
 
-def tune_decision_adjustment(
-    model: REVTAF,
-    studies: Sequence[Study],
-    *,
-    dataset: str = "iu_xray",
-    grid: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5),
-) -> tuple[float, dict[float, float]]:
-    """The ``decision_adjustment`` with the best micro-F1 of predicted positives on ``studies``
-    (validation data), and the F1 of every candidate."""
+def fit_decision_rule(model: REVTAF, studies: Sequence[Study], *, dataset: str = "iu_xray",
+                      fitted_on: str = "") -> DecisionRule:
+    """Per-observation thresholds on P(positive) tuned for F1 on ``studies`` (validation data),
+    from the diagnosis head alone (no text is generated)."""
     logits, truth = diagnosis_logits(model, studies, dataset=dataset)
-    positive = truth == State.POSITIVE
-    scores = {}
-    for value in grid:
-        predicted = model.diagnosis.decide(logits, value)[1] == State.POSITIVE
-        tp = (predicted & positive).sum().item()
-        scores[value] = 2 * tp / max(1, predicted.sum().item() + positive.sum().item())
-    return max(scores, key=scores.get), scores
+    p_positive = model.diagnosis.decide(logits)[0][..., State.POSITIVE].numpy()
+    thresholds, _, positives = fit_thresholds(p_positive, (truth == State.POSITIVE).numpy())
+    return DecisionRule(thresholds, fitted_on=fitted_on, positives=positives)
+
+
+def table_text_agreement(states: Sequence[Sequence[int]], labels: Sequence[dict]) -> float:
+    """Share of (study, observation) pairs where "positive in the findings table" equals
+    "positive in the text" by our labeler (1.0 for every draft rrg_core.faithful made)."""
+    pairs = [(s == State.POSITIVE) == (lab[o] == 1) for row, lab in zip(states, labels) for o, s in zip(OBSERVATIONS, row)]
+    return sum(pairs) / max(1, len(pairs))
 
 
 def _mask_size(study: Study) -> tuple[int, int] | None:
@@ -110,9 +110,11 @@ def evaluate(
     references, reports, ids = generate_for(
         model, studies, dataset=dataset, batch_size=batch_size, progress=progress, **generate_options
     )
-    hypotheses = [r.text for r in reports]
+    # The drafts are prose; the field's metrics compare R2Gen-normalised text, as the references are.
+    hypotheses = [normalize_report(r.text, dataset) for r in reports]
     nlg = nlg_metrics(references, hypotheses)
-    ce = clinical_efficacy([label_report(t) for t in references], [label_report(t) for t in hypotheses])
+    generated_labels = [label_report(r.text) for r in reports]
+    ce = clinical_efficacy([label_report(t) for t in references], generated_labels)
     query_states = np.array([labels_to_states(s.labels) for s in studies])
     top1_states = np.array([r.references[0].label_states for r in reports])
     result = {
@@ -121,10 +123,11 @@ def evaluate(
         "ce": ce,
         "retrieval": retrieval_metrics(query_states, top1_states),
         "paper": paper_row(nlg, ce),
+        "table_text_agreement": table_text_agreement([r.states for r in reports], generated_labels),
         "avg": paper_average(nlg, ce),
         "samples": [
-            {"study_id": i, "reference": ref, "generated": hyp}
-            for i, ref, hyp in list(zip(ids, references, hypotheses))[:samples]
+            {"study_id": i, "reference": ref, "generated": r.text}
+            for i, ref, r in list(zip(ids, references, reports))[:samples]
         ],
     }
     grounding_items = list(_grounding_items(studies, reports))

@@ -36,8 +36,8 @@ _BOTH_SIDES = re.compile(r"\b(?:bilateral\w*|both|bibasilar|biapical)\b")
 # Picks one of several sentences for a finding: (candidates) -> index. The model passes the
 # decoder's likelihood; the default takes the first.
 SentenceChooser = Callable[[list[str]], int]
-# A finding's map shows a side when at least this share of it lies on one side of the midline.
-SIDE_SHARE = 0.55
+# A finding's map shows a side when more than this share of it lies on one side of the midline.
+SIDE_SHARE = 0.5
 # What a draft says when nothing else it said survives and no finding is called.
 NORMAL_SENTENCE = "no acute cardiopulmonary abnormality"
 
@@ -49,6 +49,7 @@ class Consistency:
     text: str  # the consistent draft (normalised spacing, as the decoder writes)
     beam: int  # which candidate was chosen (0 = the decoder's best)
     decoder_text: str  # the decoder's best candidate, untouched
+    chosen_text: str  # the chosen candidate before repair
     mismatches_before: int  # label/side disagreements of the decoder's best candidate
     mismatches_chosen: int  # ... of the chosen candidate, before repair
     edits: list[str] = field(default_factory=list)  # one line per repair, for the reader
@@ -78,9 +79,9 @@ def text_states(text: str) -> dict[str, State]:
 def side_of(right_share: float) -> str | None:
     """The side a finding's frontal map shows ("right" = the patient's right), or None where
     its mass is split nearly evenly (:meth:`rrg_core.outputs.AttentionMap.right_share`)."""
-    if right_share >= SIDE_SHARE:
+    if right_share > SIDE_SHARE:
         return "right"
-    return "left" if right_share <= 1 - SIDE_SHARE else None
+    return "left" if right_share < 1 - SIDE_SHARE else None
 
 
 def named_sides(sentence: str) -> set[str]:
@@ -117,7 +118,7 @@ def make_consistent(
     required = required_states(states)
     scores = [mismatches(c, required, sides) for c in candidates]
     beam = min(range(len(candidates)), key=lambda i: (scores[i], i))
-    result = Consistency(candidates[beam], beam, candidates[0], scores[0], scores[beam])
+    result = Consistency(candidates[beam], beam, candidates[0], candidates[beam], scores[0], scores[beam])
     if beam:
         result.edits.append(f"chose the decoder's beam {beam + 1}, which agrees better with the findings")
     if scores[beam]:
