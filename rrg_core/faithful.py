@@ -78,7 +78,7 @@ def text_states(text: str) -> dict[str, State]:
 
 def side_of(right_share: float) -> str | None:
     """The side a finding's frontal map shows ("right" = the patient's right), or None where
-    its mass is split nearly evenly (:meth:`rrg_core.outputs.AttentionMap.right_share`)."""
+    its mass is split exactly evenly (:meth:`rrg_core.outputs.AttentionMap.right_share`)."""
     if right_share > SIDE_SHARE:
         return "right"
     return "left" if right_share < 1 - SIDE_SHARE else None
