@@ -12,6 +12,7 @@ from model_fixtures import tiny_model
 from PIL import Image
 
 from rrg_core.__main__ import main
+from rrg_core.labeler import label_report
 from rrg_core.observations import OBSERVATIONS
 from rrg_core.pretrained import from_pretrained
 from rrg_core.xray_io import read_xray
@@ -53,7 +54,8 @@ def test_json_has_one_record_per_file_and_a_bad_file_does_not_stop_the_rest(weig
     assert main(["report", *paths, "--weights", str(weights), "--json", "--beams", "2", "--max-length", "12"]) == 0
     records = _records(capsys)
     assert [r["file"] for r in records] == paths
-    assert all(list(r) == ["file", "report", "findings", "references", "error"] for r in records)
+    keys = ["file", "report", "findings", "references", "overrides", "consistency", "error"]
+    assert all(list(r) == keys for r in records)
 
     bad = records[1]
     assert bad["error"].startswith("This is a text file, not an image")
@@ -71,6 +73,18 @@ def test_json_has_one_record_per_file_and_a_bad_file_does_not_stop_the_rest(weig
     assert good["references"][0]["is_global_prompt"] and good["references"][0]["text"]
     distances = [r["distance"] for r in good["references"]]
     assert distances == sorted(distances) and len(distances) == model.config.top_k
+
+
+def test_a_state_override_reaches_the_text_and_is_marked_as_the_readers(weights, files, capsys):
+    argv = ["report", str(files["chest"]), "--weights", str(weights), "--json", "--max-length", "12"]
+    assert main([*argv, "--state", "pleural effusion=positive", "--state", "Cardiomegaly=negative"]) == 0
+    record = _records(capsys)[0]
+    assert record["overrides"] == {"Pleural Effusion": "positive", "Cardiomegaly": "negative"}
+    findings = {f["observation"]: f for f in record["findings"]}
+    assert findings["Pleural Effusion"]["state"] == "positive" and findings["Pleural Effusion"]["set_by"] == "reader"
+    assert findings["Cardiomegaly"]["set_by"] == "reader" and findings["Edema"]["set_by"] == "model"
+    labels = label_report(record["report"])
+    assert labels["Pleural Effusion"] == 1 and labels["Cardiomegaly"] != 1
 
 
 def test_text_form_is_readable(weights, files, capsys):
@@ -104,6 +118,9 @@ def test_text_form_gives_the_side_of_each_flagged_findings_map():
         (["summarise", "x.png"], "invalid choice"),
         (["report", "x.png", "--weights", "/nonexistent/weights"], "weights folder /nonexistent/weights does not exist"),
         (["report", "x.png", "--weights", "nobody/nothing@v1"], "cannot download weights nobody/nothing@v1"),  # offline
+        (["report", "x.png", "--state", "Heart=positive"], "unknown observation 'Heart'"),
+        (["report", "x.png", "--state", "Cardiomegaly=likely"], "unknown state 'likely' for Cardiomegaly"),
+        (["report", "x.png", "--state", "Cardiomegaly"], "expected OBSERVATION=STATE"),
     ],
 )
 def test_usage_errors_exit_with_code_2(argv, message, capsys):
