@@ -49,12 +49,12 @@ def diagnosis_logits(model: REVTAF, studies: Sequence[Study], *, dataset: str = 
 
 def fit_decision_rule(model: REVTAF, studies: Sequence[Study], *, dataset: str = "iu_xray",
                       fitted_on: str = "") -> DecisionRule:
-    """Per-observation thresholds on P(positive) tuned for F1 on ``studies`` (validation data),
-    from the diagnosis head alone (no text is generated)."""
+    """Thresholds on P(positive) tuned on ``studies`` (validation data) by
+    :func:`rrg_core.decisions.fit_thresholds`, from the diagnosis head alone (no text generated)."""
     logits, truth = diagnosis_logits(model, studies, dataset=dataset)
-    p_positive = model.diagnosis.decide(logits)[0][..., State.POSITIVE].numpy()
-    thresholds, _, positives = fit_thresholds(p_positive, (truth == State.POSITIVE).numpy())
-    return DecisionRule(thresholds, fitted_on=fitted_on, positives=positives)
+    probabilities = model.diagnosis.decide(logits)[0].numpy()
+    thresholds, micro, positives = fit_thresholds(probabilities, truth.numpy())
+    return DecisionRule(thresholds, fitted_on=f"{fitted_on} (validation micro-F1 {micro:.3f})", positives=positives)
 
 
 def table_text_agreement(states: Sequence[Sequence[int]], labels: Sequence[dict]) -> float:

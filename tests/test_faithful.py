@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache
 from model_fixtures import tiny_model
 
-from rrg_core.decisions import DecisionRule, apply_overrides, coherent, fit_thresholds, parse_overrides
+from rrg_core.decisions import DecisionRule, apply_overrides, coherent, fit_thresholds, micro_f1, parse_overrides
 from rrg_core.decoder import PREFIX_LENGTH
 from rrg_core.faithful import NORMAL_SENTENCE, make_consistent, named_sides, side_of
 from rrg_core.labeler import label_report
@@ -194,19 +194,20 @@ def test_no_finding_follows_the_pathologies_and_a_normal_override_clears_them():
     assert normal[OBSERVATIONS.index("No Finding")] == State.POSITIVE
 
 
-def test_fitted_thresholds_maximise_f1_of_positives():
+def test_fitted_thresholds_are_a_joint_optimum_of_micro_f1():
     rng = np.random.default_rng(0)
-    truth = rng.random((200, 14)) < 0.2
-    scores = np.clip(truth * 0.3 + rng.random((200, 14)) * 0.7, 0, 1)
-    thresholds, f1s, counts = fit_thresholds(scores, truth)
-    for j, name in enumerate(OBSERVATIONS[:-1]):
-        grid = np.linspace(0, 1, 2001)
-        best = max(2 * (((scores[:, j] >= t) & truth[:, j]).sum()) / ((scores[:, j] >= t).sum() + truth[:, j].sum())
-                   for t in grid)
-        assert f1s[name] >= best - 1e-9
-        predicted = scores[:, j] >= thresholds[name]
-        assert 2 * (predicted & truth[:, j]).sum() / (predicted.sum() + counts[name]) == pytest.approx(f1s[name])
-    rare = fit_thresholds(scores, np.zeros_like(truth))[0]
+    truth = np.where(rng.random((300, 14)) < 0.15, int(State.POSITIVE), NEG)
+    truth = coherent(truth)
+    p_pos = np.clip((truth == State.POSITIVE) * 0.25 + rng.random((300, 14)) * 0.6, 0, 1)
+    probabilities = np.stack([(1 - p_pos) / 3, p_pos, (1 - p_pos) / 3, (1 - p_pos) / 3], axis=-1)
+    thresholds, best, counts = fit_thresholds(probabilities, truth)
+    assert best == pytest.approx(micro_f1(coherent(DecisionRule(thresholds).decide(probabilities)), truth))
+    assert best > micro_f1(coherent(DecisionRule({}).decide(probabilities)), truth)  # better than 0.5 everywhere
+    for name in thresholds:  # no single threshold can be moved to a better candidate (quantiles of its P)
+        for t in np.quantile(probabilities[:, OBSERVATIONS.index(name), 1], np.linspace(0, 1, 64)):
+            trial = coherent(DecisionRule({**thresholds, name: float(t)}).decide(probabilities))
+            assert micro_f1(trial, truth) <= best + 1e-9
+    rare = fit_thresholds(probabilities, np.full_like(truth, NEG))[0]
     assert set(rare.values()) == {0.5}  # too few positives: the posterior's majority
 
 
