@@ -70,8 +70,16 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
                     txt_button = gr.DownloadButton("Download .txt", interactive=False, size="md")
                     json_button = gr.DownloadButton("Download .json", interactive=False, size="md")
                 findings = gr.Dataframe(headers=rendering.FINDINGS_HEADERS, label="Per-finding probabilities",
-                                        interactive=False, max_height=420, wrap=True, elem_id="findings",
-                                        column_widths=["25%", "15%", "10%", "12%", "12%", "12%", "14%"])
+                                        interactive=True, type="array", max_height=420, wrap=True, elem_id="findings",
+                                        static_columns=[i for i in range(len(rendering.FINDINGS_HEADERS))
+                                                        if i != rendering.STATE_COLUMN])
+                gr.Markdown("The draft states every positive finding and no finding the table does not call positive "
+                            "or uncertain, on the side its map shows. To overrule a finding, type *positive*, "
+                            "*negative*, *uncertain* or *blank* in its state cell and press **Redraft**.",
+                            elem_id="findings-help")
+                with gr.Row():
+                    redraft_button = gr.Button("Redraft with these findings", size="md", elem_id="redraft")
+                    reset_button = gr.Button("Back to the model's findings", size="md", elem_id="reset-findings")
 
         gr.Markdown("## Retrieved reference reports")
         if loaded.texts_note:
@@ -118,6 +126,18 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
             report = done.report
             return report.text, rendering.findings_table(report), rendering.references_table(report), txt, js, done
 
+        def redraft(done: service.Result | None, rows, beams, max_length, reset: bool = False):
+            """The same study drafted again from the reader's findings; image, maps and references stay."""
+            if done is None:
+                raise gr.Error("Generate a report first.", print_exception=False)
+            try:
+                overrides = {} if reset else rendering.edited_states(done.report, rows)
+            except ValueError as err:
+                raise gr.Error(str(err), print_exception=False) from None
+            again = service.generate(loaded, done.views, beams=beams, max_length=max_length, overrides=overrides)
+            txt, js = outbox.export(again, again.report.text)
+            return again.report.text, rendering.findings_table(again.report), txt, js, again
+
         def check_views(frontal, lateral, beams, max_length):
             return [_validity(frontal, "Frontal", required=True), _validity(lateral, "Lateral"), VALID, VALID]
 
@@ -148,6 +168,10 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
             validator=check_views,
         ).success(show_evidence, result, [seen, seen_info, map_choice, heatmap, gallery, txt_button, json_button],
                   api_visibility="private")
+        redrafted = [report_box, findings, txt_button, json_button, result]
+        redraft_button.click(redraft, [result, findings, beams, max_length], redrafted, api_visibility="private")
+        reset_button.click(lambda done, rows, b, m: redraft(done, rows, b, m, reset=True),
+                           [result, findings, beams, max_length], redrafted, api_visibility="private")
         map_choice.input(show_map, [result, map_choice], heatmap, api_visibility="private")
         report_box.input(refresh_downloads, [result, report_box], [txt_button, json_button],
                          api_visibility="private", trigger_mode="always_last")
