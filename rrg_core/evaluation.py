@@ -1,8 +1,10 @@
 """Evaluate a model on a dataset split with the field's full metric suite.
 
 NLG (pycocoevalcap, on R2Gen-normalised text), clinical efficacy (our CheXpert-style
-labeler on generated and reference reports alike), retrieval (label agreement of the top-1
-reference) and, on datasets with masks (SynthCXR), grounding of the MPSA maps.
+labeler on generated and reference reports alike), the diagnosis head itself (AUROC of its
+P(positive) against the studies' labels: what the image side sees, whether or not the text
+says it), retrieval (label agreement of the top-1 reference) and, on datasets with masks
+(SynthCXR), grounding of the MPSA maps.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from .datasets import Study
@@ -32,6 +35,35 @@ from .study_dataset import read_masks, study_loader
 
 
 POINTING_TOLERANCE_PX = 15
+# Below this many positives an observation's AUROC is too noisy to enter the mean.
+AUROC_MIN_POSITIVES = 10
+
+
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve from ranks (Mann-Whitney U / (n+ n-), ties counted half);
+    None where one class is absent."""
+    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    rank_sum = rankdata(scores)[positive].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def diagnosis_auroc(p_positive: np.ndarray, states: np.ndarray, min_positives: int = AUROC_MIN_POSITIVES) -> dict:
+    """Per-observation AUROC of P(positive) [N, 14] against the true states [N, 14] being
+    positive, the positives behind each, and the mean over observations with ``min_positives``."""
+    positive = states == State.POSITIVE
+    per_class = {name: auroc(p_positive[:, i], positive[:, i]) for i, name in enumerate(OBSERVATIONS)}
+    positives = dict(zip(OBSERVATIONS, positive.sum(0).tolist()))
+    counted = [n for n in OBSERVATIONS if positives[n] >= min_positives and per_class[n] is not None]
+    return {
+        "per_class": per_class,
+        "positives": positives,
+        "mean": float(np.mean([per_class[n] for n in counted])) if counted else None,
+        "mean_over": counted,
+        "min_positives": min_positives,
+    }
 
 
 @torch.no_grad()
@@ -117,10 +149,12 @@ def evaluate(
     ce = clinical_efficacy([label_report(t) for t in references], generated_labels)
     query_states = np.array([labels_to_states(s.labels) for s in studies])
     top1_states = np.array([r.references[0].label_states for r in reports])
+    p_positive = np.array([[r.probabilities[name][State.POSITIVE] for name in OBSERVATIONS] for r in reports])
     result = {
         "n": len(studies),
         "nlg": nlg,
         "ce": ce,
+        "diagnosis": {"auroc": diagnosis_auroc(p_positive, query_states)},
         "retrieval": retrieval_metrics(query_states, top1_states),
         "paper": paper_row(nlg, ce),
         "table_text_agreement": table_text_agreement([r.states for r in reports], generated_labels),
