@@ -1,13 +1,16 @@
 """Command line: draft reports for X-ray files in a batch, or label report texts.
 
     python -m rrg_core report FILE... [--weights ORG/REPO[@REV] | FOLDER] [--reference-data DIR]
-                                      [--json] [--beams N] [--max-length N] [--state OBSERVATION=STATE ...]
+                                      [--json] [--beams N] [--max-length N] [--no-maps]
+                                      [--state OBSERVATION=STATE ...]
     python -m rrg_core label REPORTS.{json,csv} [--column report] [--id-column id]
 
 Each file is one study (one view). With ``--json`` each file gives one line holding a JSON object
-{"file", "report", "findings", "references", "overrides", "consistency", "error"}; otherwise a short readable block. A file
-that cannot be read gets its ``error`` and the others still run: the exit code is non-zero only
-for usage errors (bad options, weights that cannot be loaded).
+{"file", "report", "findings", "references", "overrides", "consistency", "error"} (strict JSON: null for a non-finite number);
+otherwise a short readable block. A file that cannot be read gets its ``error`` and the others
+still run: the exit code is non-zero (2, with one sentence) only for bad options and weights that
+cannot be loaded. Heatmaps are made at most ``MAX_MAP_SIDE`` pixels large, as in the demo (they
+only give each finding's map side here); ``--no-maps`` skips them.
 """
 from __future__ import annotations
 
@@ -19,8 +22,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .observations import OBSERVATIONS, STATE_NAMES, State
+from .outputs import strict_json
+from .preprocessing import MAX_MAP_SIDE
 
 TEXT_REFERENCES = 3
+# --no-maps: the maps are sampled at a single pixel (nothing to upsample) and dropped.
+NO_MAP_SIDE = 1
 
 
 def _positive_int(value: str) -> int:
@@ -57,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--state", action="append", default=[], type=_state_override, metavar="OBSERVATION=STATE",
                         help="draft as if OBSERVATION were STATE (positive | negative | uncertain | blank), e.g. "
                              "--state 'Pleural Effusion=positive'; repeatable; applies to every file")
+    report.add_argument("--no-maps", dest="maps", action="store_false",
+                        help="skip the attention maps (faster, less memory; findings then give no map side)")
     label = commands.add_parser("label", help="CheXpert-style labels of report texts, as CSV on stdout")
     label.add_argument("file", metavar="REPORTS", help="a CSV, a JSON list (of strings or objects), or an R2Gen "
                                                        "annotation.json")
@@ -98,7 +107,8 @@ def label_file(path: str, column: str, id_column: str, out=None) -> int:
 
 
 def report_file(
-    model, path: str, *, beams: int | None = None, max_length: int | None = None, states: dict | None = None
+    model, path: str, *, beams: int | None = None, max_length: int | None = None, maps: bool = True,
+    states: dict | None = None,
 ) -> dict[str, Any]:
     """One file's record; an unreadable file gets ``error`` and empty results."""
     from .xray_io import UnreadableImage, read_xray
@@ -108,7 +118,11 @@ def report_file(
     except UnreadableImage as err:
         return {"file": path, "report": None, "findings": [], "references": [], "overrides": {}, "consistency": None,
                 "error": str(err)}
-    report = model.generate_from_xrays([xray], num_beams=beams, max_new_tokens=max_length, states=[states])[0]
+    side = MAX_MAP_SIDE if maps else NO_MAP_SIDE
+    report = model.generate_from_xrays([xray], num_beams=beams, max_new_tokens=max_length, max_map_side=side,
+                                       states=[states])[0]
+    if not maps:
+        report.attention = []
     return {"file": path, **report.to_dict(), "error": None}
 
 
@@ -164,10 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             texts = report_texts(args.reference_data)
         model = load_model(args.weights, texts_from=texts)
     except (WeightsUnavailable, ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        parser.exit(2, f"{parser.prog}: error: {err}\n")  # one sentence, without the usage text of a bad option
     for path in args.files:
-        record = report_file(model, path, beams=args.beams, max_length=args.max_length, states=dict(args.state))
-        print(json.dumps(record, ensure_ascii=False) if args.json else format_text(record), flush=True)
+        record = report_file(model, path, beams=args.beams, max_length=args.max_length, maps=args.maps,
+                             states=dict(args.state))
+        line = json.dumps(strict_json(record), ensure_ascii=False, allow_nan=False) if args.json else format_text(record)
+        print(line, flush=True)
     return 0
 
 

@@ -100,3 +100,15 @@ class Report:
             "overrides": dict(self.overrides),
             "consistency": self.consistency.to_dict() if self.consistency else None,
         }
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None: strict JSON has no NaN, and a
+    consumer should see "no value" rather than a token its parser may reject."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value

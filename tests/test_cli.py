@@ -14,6 +14,7 @@ from PIL import Image
 from rrg_core.__main__ import main
 from rrg_core.labeler import label_report
 from rrg_core.observations import OBSERVATIONS
+from rrg_core.preprocessing import MAX_MAP_SIDE
 from rrg_core.pretrained import from_pretrained
 from rrg_core.xray_io import read_xray
 
@@ -85,6 +86,53 @@ def test_a_state_override_reaches_the_text_and_is_marked_as_the_readers(weights,
     assert findings["Cardiomegaly"]["set_by"] == "reader" and findings["Edema"]["set_by"] == "model"
     labels = label_report(record["report"])
     assert labels["Pleural Effusion"] == 1 and labels["Cardiomegaly"] != 1
+def test_no_maps_gives_the_same_report_without_map_sides(weights, files, capsys):
+    args = ["report", str(files["chest"]), "--weights", str(weights), "--json", "--max-length", "8"]
+    assert main(args) == 0 and main([*args, "--no-maps"]) == 0
+    with_maps, without = _records(capsys)
+    assert without["report"] == with_maps["report"]
+    assert [f["p_positive"] for f in without["findings"]] == [f["p_positive"] for f in with_maps["findings"]]
+    assert {f["map_right_share"] for f in without["findings"]} == {None}
+    assert any(f["map_right_share"] is not None for f in with_maps["findings"])
+
+
+def test_heatmaps_are_capped_as_in_the_demo(weights, tmp_path, monkeypatch, capsys):
+    """A full-size film's 35 maps at its own resolution took 3 GB; the CLI asks for them capped."""
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (2400, 1800), dtype=np.uint8)).save(big)
+    model = from_pretrained(weights)
+    shapes = []
+    real = model.generate_from_xrays
+
+    def spy(*args, **kwargs):
+        reports = real(*args, **kwargs)
+        shapes.extend(m.heatmap.shape for m in reports[0].attention)
+        return reports
+
+    monkeypatch.setattr(model, "generate_from_xrays", spy)
+    monkeypatch.setattr("rrg_core.pretrained.load_model", lambda *args, **kwargs: model)
+    assert main(["report", str(big), "--json", "--max-length", "4"]) == 0
+    assert set(shapes) == {(MAX_MAP_SIDE, MAX_MAP_SIDE * 3 // 4)}
+    assert _records(capsys)[0]["error"] is None
+
+
+def test_json_is_strict_null_for_non_finite_numbers(weights, files, monkeypatch, capsys):
+    model = from_pretrained(weights)
+    real = model.generate_from_xrays
+
+    def broken(*args, **kwargs):
+        reports = real(*args, **kwargs)
+        reports[0].references[0].distance = float("nan")
+        reports[0].probabilities["Edema"] = [float("inf")] * 4
+        return reports
+
+    monkeypatch.setattr(model, "generate_from_xrays", broken)
+    monkeypatch.setattr("rrg_core.pretrained.load_model", lambda *args, **kwargs: model)
+    assert main(["report", str(files["chest"]), "--json", "--max-length", "4"]) == 0
+    line = capsys.readouterr().out.strip()
+    record = json.loads(line, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+    assert record["references"][0]["distance"] is None
+    assert next(f for f in record["findings"] if f["observation"] == "Edema")["p_positive"] is None
 
 
 def test_text_form_is_readable(weights, files, capsys):
