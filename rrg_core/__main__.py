@@ -9,8 +9,8 @@ Each file is one study (one view). With ``--json`` each file gives one line hold
 {"file", "report", "findings", "references", "overrides", "consistency", "error"} (strict JSON: null for a non-finite number);
 otherwise a short readable block. A file that cannot be read gets its ``error`` and the others
 still run: the exit code is non-zero (2, with one sentence) only for bad options and weights that
-cannot be loaded. Heatmaps are made at most ``MAX_MAP_SIDE`` pixels large, as in the demo (they
-only give each finding's map side here); ``--no-maps`` skips them.
+cannot be loaded. Heatmaps are made at most ``MAX_MAP_SIDE`` pixels large, as in the demo;
+``--no-maps`` skips them (the map sides come from the model's own resolution either way).
 """
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draft as if OBSERVATION were STATE (positive | negative | uncertain | blank), e.g. "
                              "--state 'Pleural Effusion=positive'; repeatable; applies to every file")
     report.add_argument("--no-maps", dest="maps", action="store_false",
-                        help="skip the attention maps (faster, less memory; findings then give no map side)")
+                        help="skip the attention maps (faster, less memory; the map sides, taken at the "
+                             "model's own resolution, stay)")
     label = commands.add_parser("label", help="CheXpert-style labels of report texts, as CSV on stdout")
     label.add_argument("file", metavar="REPORTS", help="a CSV, a JSON list (of strings or objects), or an R2Gen "
                                                        "annotation.json")

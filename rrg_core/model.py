@@ -37,7 +37,7 @@ from .lre import EntityScores, LearnableRetrievalEnhancer, entity_loss
 from .mpsa import MPSAOutput
 from .observations import OBSERVATIONS, STATE_NAMES
 from .prompts import N_FINDING_PROMPTS
-from .outputs import AttentionMap, Reference, Report
+from .outputs import AttentionMap, Reference, Report, right_share
 from .preprocessing import prepare_image, upsample_maps
 from .reference_index import ReferenceIndex
 from .report_text import split_sentences, to_prose
@@ -266,9 +266,9 @@ class REVTAF(nn.Module):
         reports = []
         for b, beams in enumerate(candidates):
             attention = self._attention_maps(encoded, global_, b, sizes[b])
+            shares = self._finding_sides(encoded, b)
             if consistent:
-                sides = {m.observation: side_of(m.right_share()) for m in attention
-                         if m.kind == "region" and m.view == 0 and m.observation}
+                sides = {name: side_of(share) for name, share in shares.items()}
                 choose = partial(self._likeliest, memory[b : b + 1], state_tensor[b : b + 1])
                 consistency = make_consistent(beams, final[b], sides, choose)
             else:
@@ -285,9 +285,19 @@ class REVTAF(nn.Module):
                     decision_rules={o: rule_text(o, self.decision, c.decision_adjustment, o in overrides[b])
                                     for o in OBSERVATIONS},
                     consistency=consistency,
+                    map_right_shares=shares,
                 )
             )
         return reports
+
+    def _finding_sides(self, encoded: _Encoded, b: int) -> dict[str, float]:
+        """Each finding's frontal map's share on the patient's right, at the model's input size."""
+        if encoded.region is None:
+            return {}
+        grid, size = encoded.visual.grid, self.config.image_size
+        frontal = encoded.region.maps[b, :N_FINDING_PROMPTS, : grid[0] * grid[1]]
+        maps = upsample_maps(frontal, grid, (size, size), size)
+        return {OBSERVATIONS[k]: right_share(maps[k]) for k in range(N_FINDING_PROMPTS)}
 
     def _likeliest(self, memory: Tensor, states: Tensor, sentences: list[str]) -> int:
         """Index of the sentence the decoder finds most likely for this study."""
