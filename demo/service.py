@@ -199,8 +199,12 @@ def _range_error(name: str, value: Any, bounds: tuple[int, int]) -> str | None:
     return f"{name} must be a whole number from {bounds[0]} to {bounds[1]}; got {value!r}."
 
 
-def generate(loaded: LoadedModel, views: list[XRay], *, beams: int, max_length: int) -> Result:
-    """Draft a report for one study (1 or 2 views); heatmaps at most MAX_MAP_SIDE large."""
+def generate(
+    loaded: LoadedModel, views: list[XRay], *, beams: int, max_length: int, overrides: dict[str, str] | None = None
+) -> Result:
+    """Draft a report for one study (1 or 2 views); heatmaps at most MAX_MAP_SIDE large.
+    ``overrides`` (observation -> state name) are the reader's changes to the findings, which the
+    draft then follows."""
     n_views = loaded.model.config.n_views
     notes = []
     if len(views) > n_views:
@@ -208,7 +212,8 @@ def generate(loaded: LoadedModel, views: list[XRay], *, beams: int, max_length: 
     elif len(views) < n_views:
         notes.append("These weights read two views: the frontal view was read for both.")
     report = loaded.model.generate_from_xrays(
-        [views], num_beams=int(beams), max_new_tokens=int(max_length), max_map_side=MAX_MAP_SIDE
+        [views], num_beams=int(beams), max_new_tokens=int(max_length), max_map_side=MAX_MAP_SIDE,
+        states=[overrides]
     )[0]
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return Result(report, views, loaded.weights_id, stamp, notes)

@@ -91,8 +91,16 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
                     txt_button = gr.DownloadButton("Download .txt", interactive=False, size="md")
                     json_button = gr.DownloadButton("Download .json", interactive=False, size="md")
                 findings = gr.Dataframe(headers=rendering.FINDINGS_HEADERS, label="Per-finding probabilities",
-                                        interactive=False, max_height=420, wrap=True, elem_id="findings",
-                                        column_widths=["25%", "15%", "10%", "12%", "12%", "12%", "14%"])
+                                        interactive=True, type="array", max_height=420, wrap=True, elem_id="findings",
+                                        static_columns=[i for i in range(len(rendering.FINDINGS_HEADERS))
+                                                        if i != rendering.STATE_COLUMN])
+                gr.Markdown("The draft states every positive finding and no finding the table does not call positive "
+                            "or uncertain, on the side its map shows. To overrule a finding, type *positive*, "
+                            "*negative*, *uncertain* or *blank* in its state cell and press **Redraft**.",
+                            elem_id="findings-help")
+                with gr.Row():
+                    redraft_button = gr.Button("Redraft with these findings", size="md", elem_id="redraft")
+                    reset_button = gr.Button("Back to the model's findings", size="md", elem_id="reset-findings")
 
         gr.Markdown("## Retrieved reference reports")
         if loaded.texts_note:
@@ -155,6 +163,23 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             """Draft a report for one chest X-ray (frontal view, optional lateral view)."""
             return draft(frontal, lateral, uploads.claim, beams, max_length)[:-1]
 
+        def redraft(frontal, lateral, held, shown, table, beams, max_length, reset: bool = False):
+            """The same study drafted again from the reader's findings; image, maps and references stay."""
+            if shown is None:
+                raise gr.Error("Generate a report first.", print_exception=False)
+            rows = table.get("data", []) if isinstance(table, dict) else table  # unprocessed: Gradio's payload
+            try:
+                overrides = {} if reset else rendering.edited_states(shown.report, rows)
+                views = service.read_views(_path(frontal), _path(lateral), held.get)
+            except ValueError as err:  # a cell that names no state, or the upload expired
+                raise gr.Error(str(err), print_exception=False) from None
+            again = service.evidence(service.generate(loaded, views, beams=beams, max_length=max_length,
+                                                      overrides=overrides))
+            del views
+            service.release_memory()
+            txt, js = outbox.export(again, again.report.text)
+            return again.report.text, rendering.findings_table(again.report), txt, js, again
+
         def check_page(frontal, lateral, beams, max_length, held):
             return [*_view_checks(frontal, lateral, held.get), *_option_checks(beams, max_length), VALID]
 
@@ -201,6 +226,12 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
                   api_visibility="private")
         api_trigger.click(generate, [frontal, lateral, beams, max_length], outputs, api_name="generate",
                           validator=check_api, preprocess=False, concurrency_id="generate")
+        redraft_inputs = [frontal, lateral, held, result, findings, beams, max_length]
+        redrafted = [report_box, findings, txt_button, json_button, result]
+        redraft_button.click(redraft, redraft_inputs, redrafted, api_visibility="private", preprocess=False,
+                             concurrency_id="generate")
+        reset_button.click(lambda *args: redraft(*args, reset=True), redraft_inputs, redrafted,
+                           api_visibility="private", preprocess=False, concurrency_id="generate")
         map_choice.input(show_map, [result, map_choice], heatmap, api_visibility="private")
         report_box.input(refresh_downloads, [result, report_box], [txt_button, json_button],
                          api_visibility="private", trigger_mode="always_last")

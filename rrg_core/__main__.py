@@ -2,14 +2,15 @@
 
     python -m rrg_core report FILE... [--weights ORG/REPO[@REV] | FOLDER] [--reference-data DIR]
                                       [--json] [--beams N] [--max-length N] [--no-maps]
+                                      [--state OBSERVATION=STATE ...]
     python -m rrg_core label REPORTS.{json,csv} [--column report] [--id-column id]
 
 Each file is one study (one view). With ``--json`` each file gives one line holding a JSON object
-{"file", "report", "findings", "references", "error"} (strict JSON: null for a non-finite number);
+{"file", "report", "findings", "references", "overrides", "consistency", "error"} (strict JSON: null for a non-finite number);
 otherwise a short readable block. A file that cannot be read gets its ``error`` and the others
 still run: the exit code is non-zero (2, with one sentence) only for bad options and weights that
-cannot be loaded. Heatmaps are made at most ``MAX_MAP_SIDE`` pixels large, as in the demo (they
-only give each finding's map side here); ``--no-maps`` skips them.
+cannot be loaded. Heatmaps are made at most ``MAX_MAP_SIDE`` pixels large, as in the demo;
+``--no-maps`` skips them (the map sides come from the model's own resolution either way).
 """
 from __future__ import annotations
 
@@ -35,6 +36,19 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _state_override(value: str) -> tuple[str, str]:
+    """'OBSERVATION=STATE', checked against the observations and states."""
+    from .decisions import parse_overrides
+
+    name, sep, state = value.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected OBSERVATION=STATE, e.g. 'Cardiomegaly=positive', got {value!r}")
+    try:
+        return next(iter(parse_overrides({name: state}).items()))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rrg_core", description="REVTAF radiology report generation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="one JSON object per line and file")
     report.add_argument("--beams", type=_positive_int, help="beam size (default: the weights' config)")
     report.add_argument("--max-length", type=_positive_int, help="maximum new tokens (default: the weights' config)")
+    report.add_argument("--state", action="append", default=[], type=_state_override, metavar="OBSERVATION=STATE",
+                        help="draft as if OBSERVATION were STATE (positive | negative | uncertain | blank), e.g. "
+                             "--state 'Pleural Effusion=positive'; repeatable; applies to every file")
     report.add_argument("--no-maps", dest="maps", action="store_false",
-                        help="skip the attention maps (faster, less memory; findings then give no map side)")
+                        help="skip the attention maps (faster, less memory; the map sides, taken at the "
+                             "model's own resolution, stay)")
     label = commands.add_parser("label", help="CheXpert-style labels of report texts, as CSV on stdout")
     label.add_argument("file", metavar="REPORTS", help="a CSV, a JSON list (of strings or objects), or an R2Gen "
                                                        "annotation.json")
@@ -89,7 +107,8 @@ def label_file(path: str, column: str, id_column: str, out=None) -> int:
 
 
 def report_file(
-    model, path: str, *, beams: int | None = None, max_length: int | None = None, maps: bool = True
+    model, path: str, *, beams: int | None = None, max_length: int | None = None, maps: bool = True,
+    states: dict | None = None,
 ) -> dict[str, Any]:
     """One file's record; an unreadable file gets ``error`` and empty results."""
     from .preprocessing import MAX_MAP_SIDE
@@ -98,9 +117,11 @@ def report_file(
     try:
         xray = read_xray(path)
     except UnreadableImage as err:
-        return {"file": path, "report": None, "findings": [], "references": [], "error": str(err)}
+        return {"file": path, "report": None, "findings": [], "references": [], "overrides": {}, "consistency": None,
+                "error": str(err)}
     side = MAX_MAP_SIDE if maps else NO_MAP_SIDE
-    report = model.generate_from_xrays([xray], num_beams=beams, max_new_tokens=max_length, max_map_side=side)[0]
+    report = model.generate_from_xrays([xray], num_beams=beams, max_new_tokens=max_length, max_map_side=side,
+                                       states=[states])[0]
     if not maps:
         report.attention = []
     return {"file": path, **report.to_dict(), "error": None}
@@ -113,7 +134,9 @@ def format_text(record: dict[str, Any]) -> str:
         return "\n".join([*lines, f"  error: {record['error']}", ""])
     flagged = [f for f in record["findings"] if f["state"] in (STATE_NAMES[State.POSITIVE], STATE_NAMES[State.UNCERTAIN])]
     findings = "; ".join(
-        f"{f['observation']} {f['state']} (P(positive) {f['p_positive']:.2f}{_map_side(f['map_right_share'])})"
+        f"{f['observation']} {f['state']} ("
+        + ("set by the reader" if f.get("set_by") == "reader" else f"P(positive) {f['p_positive']:.2f}")
+        + f"{_map_side(f['map_right_share'])})"
         for f in flagged
     )
     references = ", ".join(
@@ -164,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     except (WeightsUnavailable, ValueError, FileNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")  # one sentence, without the usage text of a bad option
     for path in args.files:
-        record = report_file(model, path, beams=args.beams, max_length=args.max_length, maps=args.maps)
+        record = report_file(model, path, beams=args.beams, max_length=args.max_length, maps=args.maps,
+                             states=dict(args.state))
         line = json.dumps(strict_json(record), ensure_ascii=False, allow_nan=False) if args.json else format_text(record)
         print(line, flush=True)
     return 0

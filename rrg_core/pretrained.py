@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import REVTAFConfig
+from .decisions import DecisionRule
 from .hub import push_folder, resolve_weights
 from .model import REVTAF
 from .reference_index import ReferenceIndex
@@ -38,6 +39,8 @@ def save_pretrained(model: REVTAF, directory: str | os.PathLike, *, dtype: torch
     model.tokenizer.save_pretrained(directory)
     if model.index is not None:
         model.index.save(directory)
+    if model.decision is not None:
+        model.decision.save(directory)
     return directory
 
 
@@ -138,7 +141,9 @@ def from_pretrained(
     has_index = load_index and (folder / "reference_index.json").is_file()
     index = ReferenceIndex.load(folder, texts_from=texts_from) if has_index else None
 
+    decision = DecisionRule.load(folder)
     model = REVTAF(config, tokenizer, index)
+    model.decision = decision
     canonical = _shared_storage(model.state_dict())
     absent = sorted(k for k in set(canonical) - set(tensors) if canonical[k] not in tensors)  # tied aliases are fine
     if absent:

@@ -12,6 +12,7 @@ from model_fixtures import tiny_model
 from PIL import Image
 
 from rrg_core.__main__ import main
+from rrg_core.labeler import label_report
 from rrg_core.observations import OBSERVATIONS
 from rrg_core.preprocessing import MAX_MAP_SIDE
 from rrg_core.pretrained import from_pretrained
@@ -54,7 +55,8 @@ def test_json_has_one_record_per_file_and_a_bad_file_does_not_stop_the_rest(weig
     assert main(["report", *paths, "--weights", str(weights), "--json", "--beams", "2", "--max-length", "12"]) == 0
     records = _records(capsys)
     assert [r["file"] for r in records] == paths
-    assert all(list(r) == ["file", "report", "findings", "references", "error"] for r in records)
+    keys = ["file", "report", "findings", "references", "overrides", "consistency", "error"]
+    assert all(list(r) == keys for r in records)
 
     bad = records[1]
     assert bad["error"].startswith("This is a text file, not an image")
@@ -74,14 +76,24 @@ def test_json_has_one_record_per_file_and_a_bad_file_does_not_stop_the_rest(weig
     assert distances == sorted(distances) and len(distances) == model.config.top_k
 
 
-def test_no_maps_gives_the_same_report_without_map_sides(weights, files, capsys):
+def test_a_state_override_reaches_the_text_and_is_marked_as_the_readers(weights, files, capsys):
+    argv = ["report", str(files["chest"]), "--weights", str(weights), "--json", "--max-length", "12"]
+    assert main([*argv, "--state", "pleural effusion=positive", "--state", "Cardiomegaly=negative"]) == 0
+    record = _records(capsys)[0]
+    assert record["overrides"] == {"Pleural Effusion": "positive", "Cardiomegaly": "negative"}
+    findings = {f["observation"]: f for f in record["findings"]}
+    assert findings["Pleural Effusion"]["state"] == "positive" and findings["Pleural Effusion"]["set_by"] == "reader"
+    assert findings["Cardiomegaly"]["set_by"] == "reader" and findings["Edema"]["set_by"] == "model"
+    labels = label_report(record["report"])
+    assert labels["Pleural Effusion"] == 1 and labels["Cardiomegaly"] != 1
+def test_no_maps_gives_the_same_report_and_map_sides(weights, files, capsys):
     args = ["report", str(files["chest"]), "--weights", str(weights), "--json", "--max-length", "8"]
     assert main(args) == 0 and main([*args, "--no-maps"]) == 0
     with_maps, without = _records(capsys)
     assert without["report"] == with_maps["report"]
     assert [f["p_positive"] for f in without["findings"]] == [f["p_positive"] for f in with_maps["findings"]]
-    assert {f["map_right_share"] for f in without["findings"]} == {None}
-    assert any(f["map_right_share"] is not None for f in with_maps["findings"])
+    # The sides come from the maps at the model's own resolution, so the text does not change.
+    assert [f["map_right_share"] for f in without["findings"]] == [f["map_right_share"] for f in with_maps["findings"]]
 
 
 def test_heatmaps_are_capped_as_in_the_demo(weights, tmp_path, monkeypatch, capsys):
@@ -154,6 +166,9 @@ def test_text_form_gives_the_side_of_each_flagged_findings_map():
         (["summarise", "x.png"], "invalid choice"),
         (["report", "x.png", "--weights", "/nonexistent/weights"], "weights folder /nonexistent/weights does not exist"),
         (["report", "x.png", "--weights", "nobody/nothing@v1"], "cannot download weights nobody/nothing@v1"),  # offline
+        (["report", "x.png", "--state", "Heart=positive"], "unknown observation 'Heart'"),
+        (["report", "x.png", "--state", "Cardiomegaly=likely"], "unknown state 'likely' for Cardiomegaly"),
+        (["report", "x.png", "--state", "Cardiomegaly"], "expected OBSERVATION=STATE"),
     ],
 )
 def test_usage_errors_exit_with_code_2(argv, message, capsys):
