@@ -176,7 +176,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             again = service.evidence(service.generate(loaded, views, beams=beams, max_length=max_length,
                                                       overrides=overrides))
             del views
-            service.release_memory()
+            memory.release()
             txt, js = outbox.export(again, again.report.text)
             return again.report.text, rendering.findings_table(again.report), txt, js, again
 
