@@ -27,6 +27,7 @@ from .config import REVTAFConfig
 from .decoder import ReportDecoder
 from .diagnosis import DiagnosisHead
 from .fvtaf import FVTAF, consistency_loss
+from .gate import annotate, refuse_colour
 from .grounding import grounding_loss
 from .lre import EntityScores, LearnableRetrievalEnhancer, entity_loss
 from .mpsa import MPSAOutput
@@ -72,6 +73,8 @@ class REVTAF(nn.Module):
         self.diagnosis = DiagnosisHead(config)
         self.decoder = ReportDecoder(config, tokenizer)
         self.index = index
+        self.gate = None  # rrg_core.gate.Gate and rrg_core.calibration.Calibration, loaded from sidecar files
+        self.calibration = None
 
     # ------------------------------------------------------------------ shared image side
     @property
@@ -242,7 +245,7 @@ class REVTAF(nn.Module):
             no_repeat_ngram_size=c.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size,
         )
         sizes = list(image_sizes) if image_sizes is not None else [tuple(images.shape[-2:])] * len(texts)
-        return [
+        reports = [
             Report(
                 text=texts[b],
                 probabilities={o: probabilities[b, i].tolist() for i, o in enumerate(OBSERVATIONS)},
@@ -252,6 +255,8 @@ class REVTAF(nn.Module):
             )
             for b in range(len(texts))
         ]
+        annotate(self, reports, images, encoded)
+        return reports
 
     def _reference_list(self, distances: Tensor, indices: Tensor) -> list[Reference]:
         texts = self.index.texts
@@ -333,7 +338,9 @@ class REVTAF(nn.Module):
         studies = [s if isinstance(s, (list, tuple)) else [s] for s in studies]
         images = torch.stack([self.prepare(views) for views in studies]).to(self.diagnosis.query.device)
         sizes = [[_capped_size(getattr(v, "pixels", v).shape, max_map_side) for v in views] for views in studies]
-        return self.generate(images, image_sizes=sizes, **options)
+        reports = self.generate(images, image_sizes=sizes, **options)
+        refuse_colour(reports, [max(getattr(v, "colour", 0.0) for v in views) for views in studies])
+        return reports
 
 
 def _capped_size(shape: tuple[int, int], max_side: int | None) -> tuple[int, int]:

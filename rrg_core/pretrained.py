@@ -15,7 +15,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .calibration import Calibration
 from .config import REVTAFConfig
+from .gate import Gate, n_gate_features
 from .hub import push_folder, resolve_weights
 from .model import REVTAF
 from .reference_index import ReferenceIndex
@@ -37,6 +39,9 @@ def save_pretrained(model: REVTAF, directory: str | os.PathLike, *, dtype: torch
     model.tokenizer.save_pretrained(directory)
     if model.index is not None:
         model.index.save(directory)
+    for sidecar in (model.gate, model.calibration):
+        if sidecar is not None:
+            sidecar.save(directory)
     return directory
 
 
@@ -121,6 +126,7 @@ def from_pretrained(
         raise ValueError(f"{folder / WEIGHTS_NAME} lacks {len(absent)} tensor(s), e.g. {absent[:3]}")
     model.load_state_dict(tensors, strict=False)
     model.decoder.bert.tie_weights()
+    model.gate, model.calibration = Gate.load(folder, n_gate_features(model)), Calibration.load(folder)
     return model.to(device).eval()
 
 
