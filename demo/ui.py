@@ -33,7 +33,11 @@ VALID = gr.validate(True, "")
 CSS = """
 #notice {background: #fff4e5; border: 1px solid #f0a030; border-radius: 6px; padding: 4px 12px;}
 #notice p {margin: 4px 0; color: #5a3600; font-weight: 600;}
+#gate-banner:not(:empty) {background: #fdecea; border: 2px solid #c62828; border-radius: 6px; padding: 4px 12px;}
+#gate-banner p {margin: 4px 0; color: #7f1010; font-weight: 700;}
+.ood-draft textarea {color: #777 !important; background: #f3f3f3 !important;}
 """
+NEAR_UNIFORM = 2.0  # a map whose peak is below this multiple of its average is drawn as text, not colour
 
 
 def build(loaded: service.LoadedModel) -> gr.Blocks:
@@ -51,6 +55,7 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
             elem_id="notice",
         )
         gr.Markdown(f"**Weights:** `{loaded.weights_id}` — {loaded.card}", elem_id="weights")
+        gr.Markdown(loaded.headline + (f"\n\n*{loaded.gate_note}*" if loaded.gate_note else ""), elem_id="card-headline")
 
         with gr.Row():
             with gr.Column(scale=2):
@@ -65,6 +70,7 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
                                 image_mode="L", format="png", interactive=False, height=360)
                 seen_info = gr.Markdown(elem_id="xray-info")
             with gr.Column(scale=3):
+                banner = gr.Markdown(elem_id="gate-banner")
                 report_box = gr.Textbox(label="Draft report (editable)", lines=7, buttons=["copy"], elem_id="report")
                 with gr.Row():
                     txt_button = gr.DownloadButton("Download .txt", interactive=False, size="md")
@@ -87,6 +93,7 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
                 map_choice = gr.Dropdown(label="Prompt", choices=[], interactive=True)
                 heatmap = gr.Image(label="Attention map", type="numpy", format="png", interactive=False, height=560,
                                    elem_id="heatmap")
+                map_note = gr.Markdown(elem_id="map-note")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Top maps", columns=2, height=520, object_fit="contain")
         gr.Markdown(f"*{service.DISCLAIMER}* Not a medical device.")
@@ -101,8 +108,9 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
             return to_uint8(views[0].pixels), rendering.xray_info(views)
 
         def clear():
-            return ("", [], [], gr.DownloadButton(value=None, interactive=False),
-                    gr.DownloadButton(value=None, interactive=False), gr.Dropdown(choices=[], value=None), None, [], None)
+            return (gr.Textbox(value="", elem_classes=[]), [], [], gr.DownloadButton(value=None, interactive=False),
+                    gr.DownloadButton(value=None, interactive=False), gr.Dropdown(choices=[], value=None), None, [], None,
+                    "", "")
 
         def generate(frontal, lateral, beams, max_length, progress=gr.Progress()):
             """Draft a report for one chest X-ray (frontal view, optional lateral view)."""
@@ -114,23 +122,31 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
             progress(0.2, desc="Generating the report")
             done = service.generate(loaded, views, beams=beams, max_length=max_length)
             progress(0.9, desc="Preparing the evidence")
-            txt, js = outbox.export(done, done.report.text)
             report = done.report
+            if service.withheld(report):
+                txt, js = outbox.export(done, "")
+                return "", [], [], txt, js, done
+            txt, js = outbox.export(done, report.text)
             return report.text, rendering.findings_table(report), rendering.references_table(report), txt, js, done
 
         def check_views(frontal, lateral, beams, max_length):
             return [_validity(frontal, "Frontal", required=True), _validity(lateral, "Lateral"), VALID, VALID]
 
         def show_evidence(done: service.Result):
-            choices = rendering.heatmap_choices(done.report)
-            maps = [(_render(done, index), label) for label, index in choices[:GALLERY_SIZE]]
+            banner_text = service.gate_banner(done.report) or ""
+            greyed = gr.Textbox(elem_classes=["ood-draft"] if banner_text else [])
             info = "\n\n".join([rendering.xray_info(done.views), *(f"*{note}*" for note in done.notes)])
+            choices = [] if service.withheld(done.report) else rendering.heatmap_choices(done.report)
+            maps = [(_render(done, index), label) for label, index in choices[:GALLERY_SIZE]]
             first_map, first_index = (maps[0][0], choices[0][1]) if maps else (None, None)
             return (to_uint8(done.views[0].pixels), info, gr.Dropdown(choices=choices, value=first_index), first_map, maps,
-                    gr.DownloadButton(interactive=True), gr.DownloadButton(interactive=True))
+                    gr.DownloadButton(interactive=True), gr.DownloadButton(interactive=True), banner_text, greyed,
+                    _map_note(done, first_index))
 
         def show_map(done: service.Result | None, index: int | None):
-            return None if done is None or index is None else _render(done, int(index))
+            if done is None or index is None:
+                return None, ""
+            return _render(done, int(index)), _map_note(done, int(index))
 
         def refresh_downloads(done: service.Result | None, text: str):
             if done is None:
@@ -138,7 +154,8 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
             txt, js = outbox.export(done, text)
             return gr.DownloadButton(value=txt), gr.DownloadButton(value=js)
 
-        results = [report_box, findings, references, txt_button, json_button, map_choice, heatmap, gallery, result]
+        results = [report_box, findings, references, txt_button, json_button, map_choice, heatmap, gallery, result,
+                   banner, map_note]
         for view in (frontal, lateral):
             view.change(preview, [frontal, lateral], [seen, seen_info], api_visibility="private")
             view.change(clear, None, results, api_visibility="private")
@@ -146,9 +163,9 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
             generate, [frontal, lateral, beams, max_length],
             [report_box, findings, references, txt_button, json_button, result], api_name="generate",
             validator=check_views,
-        ).success(show_evidence, result, [seen, seen_info, map_choice, heatmap, gallery, txt_button, json_button],
-                  api_visibility="private")
-        map_choice.input(show_map, [result, map_choice], heatmap, api_visibility="private")
+        ).success(show_evidence, result, [seen, seen_info, map_choice, heatmap, gallery, txt_button, json_button,
+                                          banner, report_box, map_note], api_visibility="private")
+        map_choice.input(show_map, [result, map_choice], [heatmap, map_note], api_visibility="private")
         report_box.input(refresh_downloads, [result, report_box], [txt_button, json_button],
                          api_visibility="private", trigger_mode="always_last")
 
@@ -176,10 +193,24 @@ def _examples(target: gr.File) -> None:
                     label="SynthCXR examples (synthetic)")
 
 
+def _map_note(done: service.Result, index: int | None) -> str:
+    """Says so when the chosen map is nearly uniform (then drawn without colour)."""
+    if index is None:
+        return ""
+    peak = done.report.attention[index].peak_ratio()
+    if peak >= NEAR_UNIFORM:
+        return ""
+    return (f"This map is nearly uniform (its peak is {peak:.1f} × its average): the model did not locate this "
+            "prompt anywhere in particular, so no colour is drawn.")
+
+
 def _render(done: service.Result, index: int):
-    """One attention map over the view it belongs to (a one-view study stands in for both views)."""
+    """One attention map over the view it belongs to (a one-view study stands in for both views);
+    a nearly uniform map is not drawn (faint colour would look like weak evidence)."""
     amap = done.report.attention[index]
     view = done.views[min(amap.view, len(done.views) - 1)]
+    if amap.peak_ratio() < NEAR_UNIFORM:
+        return to_uint8(view.pixels)
     title = amap.prompt if amap.kind == "region" else f"global prompt: {amap.prompt}"
     if len(done.views) > 1:
         title += f" ({rendering.VIEW_NAMES[amap.view]} view)"

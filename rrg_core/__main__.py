@@ -107,6 +107,8 @@ def format_text(record: dict[str, Any]) -> str:
         f"{r['study_id']} ({r['distance']:.4f}{', global prompt' if r['is_global_prompt'] else ''})"
         for r in record["references"][:TEXT_REFERENCES]
     )
+    if record.get("out_of_distribution"):
+        lines.append(f"  WARNING: {_gate_warning(record)}")
     lines += [
         f"  report: {record['report']}",
         f"  findings: {findings or 'none predicted positive or uncertain'}",
@@ -114,6 +116,14 @@ def format_text(record: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _gate_warning(record: dict[str, Any]) -> str:
+    """Why the draft below should not be trusted (the input gate's verdict)."""
+    if record["refusal"]:
+        return record["refusal"].replace("no draft is shown", "the draft is meaningless")
+    return (f"this image is unlike the images these weights were trained on ({record['trained_on']}; score "
+            f"{record['ood_score']:.2f} > threshold {record['ood_threshold']:.2f}): the draft is not meaningful")
 
 
 def _map_side(right: float | None) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.special import expit
 
 from .observations import OBSERVATIONS
 
@@ -42,7 +43,7 @@ class Calibration:
         array); also maps a raw decision threshold to the calibrated scale."""
         a, b = self.parameters[observation]
         q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
-        out = 1 / (1 + np.exp(-(a * np.log(q / (1 - q)) + b)))
+        out = expit(a * np.log(q / (1 - q)) + b)
         return float(out) if np.ndim(out) == 0 else out
 
     def calibrate_all(self, p: np.ndarray) -> np.ndarray:
@@ -91,7 +92,7 @@ def _platt(p: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
         z = a * x + theta[1]
         log_q, log_not_q = -np.logaddexp(0, -z), -np.logaddexp(0, z)
         value = -(target * log_q + (1 - target) * log_not_q).mean()
-        residual = 1 / (1 + np.exp(-z)) - target
+        residual = expit(z) - target
         return value, np.array([(residual * x).mean() * (a - _MIN_SLOPE), residual.mean()])
 
     theta = minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B").x

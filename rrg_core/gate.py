@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from scipy.optimize import minimize
+from scipy.special import expit
 from torch import Tensor
 
 from .observations import OBSERVATIONS, State
@@ -259,7 +260,7 @@ def _logistic(gate: Gate, positive: Tensor, negative: Tensor, l2: float = 1e-2) 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         z = x @ theta[:s] + theta[s]
         value = (w * (np.logaddexp(0, z) - y * z)).sum() + l2 * (theta[:s] ** 2).sum()
-        residual = w * (1 / (1 + np.exp(-z)) - y)
+        residual = w * (expit(z) - y)
         return value, np.r_[x.T @ residual + 2 * l2 * theta[:s], residual.sum()]
 
     theta = minimize(loss, np.zeros(s + 1), jac=True, method="L-BFGS-B").x

@@ -56,6 +56,10 @@ class AttentionMap:
         right = columns[:half].sum() + (columns[half] / 2 if len(columns) % 2 else 0.0)
         return float(right / max(columns.sum(), 1e-12))
 
+    def peak_ratio(self) -> float:
+        """The map's peak as a multiple of its average: 1 for a uniform map (no localisation)."""
+        return float(self.heatmap.max() * self.heatmap.size / max(float(self.heatmap.sum()), 1e-12))
+
 
 @dataclass
 class InputCheck:

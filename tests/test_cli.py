@@ -53,7 +53,9 @@ def test_json_has_one_record_per_file_and_a_bad_file_does_not_stop_the_rest(weig
     assert main(["report", *paths, "--weights", str(weights), "--json", "--beams", "2", "--max-length", "12"]) == 0
     records = _records(capsys)
     assert [r["file"] for r in records] == paths
-    assert all(list(r) == ["file", "report", "findings", "references", "error"] for r in records)
+    assert list(records[1]) == ["file", "report", "findings", "references", "error"]
+    gate_fields = ["out_of_distribution", "ood_score", "ood_threshold", "radiograph", "refusal", "trained_on"]
+    assert all(list(r) == ["file", "report", "findings", "references", *gate_fields, "error"] for r in records[::2])
 
     bad = records[1]
     assert bad["error"].startswith("This is a text file, not an image")
