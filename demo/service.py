@@ -192,7 +192,7 @@ def gate_banner(report: Report) -> str | None:
     if check is None or not check.out_of_distribution:
         return None
     if not check.radiograph:
-        return f"⛔ {check.refusal}"
+        return f"⚠️ {check.refusal}"
     return (f"⚠️ This image is unlike the images these weights were trained on ({check.trained_on}): the draft below "
             f"is not meaningful. (Out-of-distribution score {check.ood_score:.2f}, threshold {check.ood_threshold:.2f}.)")
 

@@ -33,7 +33,7 @@ VALID = gr.validate(True, "")
 CSS = """
 #notice {background: #fff4e5; border: 1px solid #f0a030; border-radius: 6px; padding: 4px 12px;}
 #notice p {margin: 4px 0; color: #5a3600; font-weight: 600;}
-#gate-banner:not(:empty) {background: #fdecea; border: 2px solid #c62828; border-radius: 6px; padding: 4px 12px;}
+#gate-banner {background: #fdecea; border: 2px solid #c62828; border-radius: 6px; padding: 4px 12px;}
 #gate-banner p {margin: 4px 0; color: #7f1010; font-weight: 700;}
 .ood-draft textarea {color: #777 !important; background: #f3f3f3 !important;}
 """
@@ -70,7 +70,7 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
                                 image_mode="L", format="png", interactive=False, height=360)
                 seen_info = gr.Markdown(elem_id="xray-info")
             with gr.Column(scale=3):
-                banner = gr.Markdown(elem_id="gate-banner")
+                banner = gr.Markdown(elem_id="gate-banner", visible=False)
                 report_box = gr.Textbox(label="Draft report (editable)", lines=7, buttons=["copy"], elem_id="report")
                 with gr.Row():
                     txt_button = gr.DownloadButton("Download .txt", interactive=False, size="md")
@@ -110,7 +110,7 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
         def clear():
             return (gr.Textbox(value="", elem_classes=[]), [], [], gr.DownloadButton(value=None, interactive=False),
                     gr.DownloadButton(value=None, interactive=False), gr.Dropdown(choices=[], value=None), None, [], None,
-                    "", "")
+                    gr.Markdown(value="", visible=False), "")
 
         def generate(frontal, lateral, beams, max_length, progress=gr.Progress()):
             """Draft a report for one chest X-ray (frontal view, optional lateral view)."""
@@ -140,7 +140,8 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
             maps = [(_render(done, index), label) for label, index in choices[:GALLERY_SIZE]]
             first_map, first_index = (maps[0][0], choices[0][1]) if maps else (None, None)
             return (to_uint8(done.views[0].pixels), info, gr.Dropdown(choices=choices, value=first_index), first_map, maps,
-                    gr.DownloadButton(interactive=True), gr.DownloadButton(interactive=True), banner_text, greyed,
+                    gr.DownloadButton(interactive=True), gr.DownloadButton(interactive=True),
+                    gr.Markdown(value=banner_text, visible=bool(banner_text)), greyed,
                     _map_note(done, first_index))
 
         def show_map(done: service.Result | None, index: int | None):

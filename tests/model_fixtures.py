@@ -98,7 +98,7 @@ def fit_tiny_gate(model: REVTAF, root, n: int = 24) -> REVTAF:
     from rrg_core.phantoms import write_dataset
     from train.fit_gate import frontal_pixels, non_radiograph_stats, observe_studies
 
-    fit, held = (load_split(write_dataset(root / f"phantoms{seed}", n=n, seed=seed, size=128), "all") for seed in (11, 12))
+    fit, held = (load_split(write_dataset(root / f"phantoms{seed}", n=n, seed=seed), "all") for seed in (11, 12))
     fitted, held_out = observe_studies(model, fit), observe_studies(model, held)
     negative = non_radiograph_stats(model, frontal_pixels(fit), n, seed=1)
     model.gate = Gate.fit(fitted.both(), held_out.both(), negative, trained_on="synthetic phantoms",

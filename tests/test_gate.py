@@ -198,7 +198,7 @@ def test_banner_withheld_draft_and_cli_warning(gated):
     model = from_pretrained(folder)
     ok, photo = model.generate_from_xrays([phantom, next(x for _, x in negatives(3, seed=9))], max_new_tokens=5)
     assert service.gate_banner(ok) is None and not service.withheld(ok)
-    assert service.gate_banner(photo).startswith("⛔ This") and service.withheld(photo)
+    assert service.gate_banner(photo) == f"⚠️ {COLOUR_REFUSAL}" and service.withheld(photo)
     photo.input_check.radiograph, photo.input_check.refusal = True, None
     photo.input_check.ood_score = photo.input_check.ood_threshold + 1
     banner = service.gate_banner(photo)
