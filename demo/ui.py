@@ -79,11 +79,12 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
                                         interactive=False, max_height=420, wrap=True, elem_id="findings",
                                         column_widths=["25%", "15%", "10%", "12%", "12%", "12%", "14%"])
 
-        gr.Markdown("## Retrieved reference reports")
+        gr.Markdown("## Retrieved reference reports\n*Closer than*: the share of typical matches (the references "
+                    "retrieved for held-out studies like the training images) that lie farther away than this one.")
         if loaded.texts_note:
             gr.Markdown(loaded.texts_note)
         references = gr.Dataframe(headers=rendering.reference_headers(metric), label="Nearest training studies",
-                                  interactive=False, wrap=True, column_widths=["6%", "10%", "12%", "12%", "20%", "40%"],
+                                  interactive=False, wrap=True, column_widths=["5%", "9%", "11%", "10%", "18%", "35%", "12%"],
                                   elem_id="references")
 
         gr.Markdown("## MPSA attention maps\nWhere each prompt was read on the image; predicted-positive findings first. "
