@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from rrg_core.xray_io import UnreadableImage, to_uint8
 
@@ -208,15 +209,17 @@ def _map_note(done: service.Result, index: int | None) -> str:
 
 def _render(done: service.Result, index: int):
     """One attention map over the view it belongs to (a one-view study stands in for both views);
-    a nearly uniform map is not drawn (faint colour would look like weak evidence)."""
+    a nearly uniform map is drawn as exactly uniform, i.e. without colour (faint colour would
+    look like weak evidence), and its title says so."""
     amap = done.report.attention[index]
     view = done.views[min(amap.view, len(done.views) - 1)]
-    if amap.peak_ratio() < NEAR_UNIFORM:
-        return to_uint8(view.pixels)
     title = amap.prompt if amap.kind == "region" else f"global prompt: {amap.prompt}"
     if len(done.views) > 1:
         title += f" ({rendering.VIEW_NAMES[amap.view]} view)"
-    return rendering.overlay(view.pixels, amap.heatmap, title)
+    heatmap = amap.heatmap
+    if amap.peak_ratio() < NEAR_UNIFORM:
+        heatmap, title = np.full_like(heatmap, 1 / heatmap.size), f"{title}: nearly uniform, not coloured"
+    return rendering.overlay(view.pixels, heatmap, title)
 
 
 def launch(page: gr.Blocks, *, host: str, port: int, share: bool = False, **kwargs) -> None:
