@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
                 print("\n".join(calibration_rows(model, observe_studies(model, own))))
             whole, gate = latency_share(model, phantom_views[0][0])
             print(f"  one report {1000 * whole:.0f} ms, of which the gate and calibration {1000 * gate:.1f} ms: "
-                  f"the gate adds {100 * gate / (whole - gate):.1f} %")
+                  f"the gate adds {100 * gate / (whole - gate):.2f} %")
 
 
 if __name__ == "__main__":
