@@ -5,7 +5,8 @@
     python -m rrg_core label REPORTS.{json,csv} [--column report] [--id-column id]
 
 Each file is one study (one view). With ``--json`` each file gives one line holding a JSON object
-{"file", "report", "findings", "references", "error"}; otherwise a short readable block. A file
+{"file", "report", "findings", "references", the input gate's fields (rrg_core.outputs.Report.to_dict),
+"error"}; otherwise a short readable block. A file
 that cannot be read gets its ``error`` and the others still run: the exit code is non-zero only
 for usage errors (bad options, weights that cannot be loaded).
 """
