@@ -80,8 +80,8 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
                                         interactive=False, max_height=420, wrap=True, elem_id="findings",
                                         column_widths=["25%", "15%", "10%", "12%", "12%", "12%", "14%"])
 
-        gr.Markdown("## Retrieved reference reports\n*Closer than*: the share of typical matches (the references "
-                    "retrieved for held-out studies like the training images) that lie farther away than this one.")
+        gr.Markdown("## Retrieved reference reports\n*Closer than*: the share of typical matches (the nearest "
+                    "reference of held-out studies like the training images) that lie farther away than this one.")
         if loaded.texts_note:
             gr.Markdown(loaded.texts_note)
         references = gr.Dataframe(headers=rendering.reference_headers(metric), label="Nearest training studies",

@@ -128,7 +128,7 @@ class Gate:
     radiograph_weights: Tensor  # [S] logistic check on standardised statistics
     radiograph_bias: float
     radiograph_cutoff: float  # logits below it are refused
-    distance_quantiles: Tensor  # [Q] quantiles of held-out studies' reference distances
+    distance_quantiles: Tensor  # [Q] quantiles of held-out studies' nearest-reference (top-1) distances
     fitted_on: str  # provenance, for the card
 
     # ---------------------------------------------------------------- scores
@@ -147,7 +147,7 @@ class Gate:
         return z @ self.radiograph_weights + self.radiograph_bias
 
     def closer_than(self, distance: float) -> float:
-        """Share of typical matches farther away than ``distance``."""
+        """Share of typical matches (held-out studies' nearest references) farther away than ``distance``."""
         q = self.distance_quantiles.numpy()
         return float(1 - np.interp(distance, q, np.linspace(0, 1, len(q)), left=0.0, right=1.0))
 
@@ -192,7 +192,7 @@ class Gate:
         residual = z - (z @ components.T) @ components
         gate = cls(trained_on, mean, scale, components, variances[:k].contiguous(),
                    float((residual**2).sum(1).mean()), 0.0, torch.zeros(len(STATISTICS)), 0.0, 0.0,
-                   torch.quantile(held_out.distances.flatten().float(), torch.linspace(0, 1, 101)), fitted_on)
+                   torch.quantile(held_out.distances[:, 0].float(), torch.linspace(0, 1, 101)), fitted_on)
         gate.threshold = float(torch.quantile(gate.score(held_out.features), quantile))
 
         positives = [fit.stats, held_out.stats] + ([extra_radiograph_stats] if extra_radiograph_stats is not None else [])
