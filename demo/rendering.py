@@ -138,7 +138,8 @@ def _sides(right: float | None) -> str:
 
 
 def reference_headers(metric: str) -> list[str]:
-    return ["Rank", "Study", f"Distance ({metric})", "Global prompt", "Positive findings", "Report"]
+    return ["Rank", "Study", f"Distance ({metric})", "Global prompt", "Positive findings", "Report",
+            "Closer than (share of typical matches)"]
 
 
 def references_table(report: Report, text_chars: int = 240) -> list[list]:
@@ -151,6 +152,7 @@ def references_table(report: Report, text_chars: int = 240) -> list[list]:
             "★ global prompt" if ref.is_global_prompt else "",
             _positives(ref.label_states),
             textwrap.shorten(ref.text, text_chars, placeholder=" …") if ref.text else "(text not available)",
+            "no scale (no gate)" if ref.closer_than is None else f"{100 * ref.closer_than:.0f} %",
         ]
         for rank, ref in enumerate(report.references, start=1)
     ]

@@ -63,6 +63,10 @@ EMERGENT_MAPS = (
     "the model read each prompt, which can be a finding's edge or a neighbouring structure rather "
     "than the finding."
 )
+NO_GATE = ("These weights have no input gate (no gate.json beside them): nothing checks that an image is a chest "
+           "radiograph like the ones they were trained on.")
+HEADLINE_METRICS = ("CE micro-F1", "CE macro-F1", "B4", "pointing game")
+KNOWN_FAILURES = 2  # bullets of the card's "Known limitations" shown on the page
 NO_FRONTAL = "Upload a frontal chest X-ray first (PNG, JPEG or DICOM)."
 EXPIRED = "The uploaded file is no longer on the server (uploads are kept only while they are used); upload it again."
 
@@ -76,6 +80,8 @@ class LoadedModel:
     card: str  # markdown: what the weights are and what they were trained on
     texts_note: str | None  # why reference texts are missing; None when they are shown
     maps_note: str  # what the attention maps of these weights mean
+    headline: str  # markdown: how the weights measured on their card, known failures included
+    gate_note: str | None  # why nothing checks the input; None when the weights have a gate
 
 
 @dataclass
@@ -122,6 +128,8 @@ def load(weights: str | None = None, reference_data: str | os.PathLike | None = 
         card=model_card_summary(folder),
         texts_note=None if has_texts else MISSING_TEXTS,
         maps_note=GROUNDED_MAPS if model.config.grounding_weight else EMERGENT_MAPS,
+        headline=card_headline(folder),
+        gate_note=None if model.gate is not None else NO_GATE,
     )
 
 
@@ -167,6 +175,61 @@ def _training_data(paragraphs: list[str]) -> str | None:
             return rest.strip() or (paragraphs[i + 1] if i + 1 < len(paragraphs) else None)
         return paragraph.lstrip("#*_ ")[len("training data"):].lstrip("*_:—- ") or None
     return None
+
+
+def card_headline(folder: str | os.PathLike) -> str:
+    """Markdown: what the card's metrics table says the weights were evaluated on and a few of
+    their numbers, then the first bullets of its "Known limitations" section."""
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        return "no measured results on the model card"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = dict(_table_row(line) for line in lines if line.startswith("| ") and line.count("|") == 3)
+    numbers = ", ".join(f"{k} {rows[k]}" for k in HEADLINE_METRICS if k in rows)
+    parts = [f"**Measured** on {rows['evaluated on']}: {numbers}." if "evaluated on" in rows and numbers else ""]
+    failures = _section_bullets(lines, "## Known limitations")[:KNOWN_FAILURES]
+    if failures:
+        parts.append("**Known failures:** " + " ".join(_shorten(f) for f in failures))
+    return "\n\n".join(p for p in parts if p) or "no measured results on the model card"
+
+
+def _table_row(line: str) -> tuple[str, str]:
+    key, value = (cell.strip() for cell in line.strip("| ").split("|", 1))
+    return key, value
+
+
+def _section_bullets(lines: list[str], heading: str) -> list[str]:
+    """The bullets (continuation lines joined) of the section that starts with ``heading``."""
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        return []
+    bullets: list[str] = []
+    for line in lines[start + 1:]:
+        if line.startswith("## "):
+            break
+        if line.startswith("- "):
+            bullets.append(line[2:].strip())
+        elif line.strip() and bullets:
+            bullets[-1] += " " + line.strip()
+    return bullets
+
+
+def gate_banner(report: Report) -> str | None:
+    """The warning above the draft: refused (not a chest radiograph), or out of distribution."""
+    check = report.input_check
+    if check is None or not check.out_of_distribution:
+        return None
+    if not check.radiograph:
+        return f"⚠️ {check.refusal}"
+    return (f"⚠️ This image is unlike the images these weights were trained on ({check.trained_on}): the draft below "
+            f"is not meaningful. (Out-of-distribution score {check.ood_score:.2f}, threshold {check.ood_threshold:.2f}.)")
+
+
+def withheld(report: Report) -> bool:
+    """An image that is not a chest radiograph gets no draft, findings or references: anything
+    drawn from it would be noise presented as a reading. An out-of-distribution radiograph keeps
+    them, under the banner: a reader may still want to see what the weights make of it."""
+    return report.input_check is not None and not report.input_check.radiograph
 
 
 def read_views(frontal: str | None, lateral: str | None, fetch: Callable[[str], bytes | None]) -> list[XRay]:
@@ -258,10 +321,12 @@ def display_pixels(shown: Evidence, amap: AttentionMap) -> np.ndarray:
 
 def export_payload(shown: Evidence, text: str) -> dict[str, Any]:
     """The .json download: the (possibly edited) report, the draft, findings, references, provenance."""
+    hidden = {"report": "", "findings": [], "references": []} if withheld(shown.report) else {}
     return {
         **shown.summary,
         "report": text,
-        "draft": shown.report.text,
+        "draft": "" if hidden else shown.report.text,
+        **hidden,
         "edited": text != shown.report.text,
         "weights": shown.weights_id,
         "generated_at": shown.generated_at,

@@ -27,6 +27,7 @@ from typing import Any
 
 import gradio as gr
 from starlette.middleware import Middleware
+import numpy as np
 
 from rrg_core.xray_io import UnreadableImage
 
@@ -47,7 +48,11 @@ VALID = gr.validate(True, "")
 CSS = """
 #notice {background: #fff4e5; border: 1px solid #f0a030; border-radius: 6px; padding: 4px 12px;}
 #notice p {margin: 4px 0; color: #5a3600; font-weight: 600;}
+#gate-banner {background: #fdecea; border: 2px solid #c62828; border-radius: 6px; padding: 4px 12px;}
+#gate-banner p {margin: 4px 0; color: #7f1010; font-weight: 700;}
+.ood-draft textarea {color: #777 !important; background: #f3f3f3 !important;}
 """
+NEAR_UNIFORM = 2.0  # a map whose peak is below this multiple of its average is drawn as text, not colour
 
 
 def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int = QUEUE_SIZE
@@ -70,6 +75,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             elem_id="notice",
         )
         gr.Markdown(f"**Weights:** `{loaded.weights_id}` — {loaded.card}", elem_id="weights")
+        gr.Markdown(loaded.headline + (f"\n\n*{loaded.gate_note}*" if loaded.gate_note else ""), elem_id="card-headline")
 
         with gr.Row():
             with gr.Column(scale=2):
@@ -86,6 +92,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
                                 image_mode="L", format="png", interactive=False, height=360)
                 seen_info = gr.Markdown(elem_id="xray-info")
             with gr.Column(scale=3):
+                banner = gr.Markdown(elem_id="gate-banner", visible=False)
                 report_box = gr.Textbox(label="Draft report (editable)", lines=7, buttons=["copy"], elem_id="report")
                 with gr.Row():
                     txt_button = gr.DownloadButton("Download .txt", interactive=False, size="md")
@@ -102,11 +109,12 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
                     redraft_button = gr.Button("Redraft with these findings", size="md", elem_id="redraft")
                     reset_button = gr.Button("Back to the model's findings", size="md", elem_id="reset-findings")
 
-        gr.Markdown("## Retrieved reference reports")
+        gr.Markdown("## Retrieved reference reports\n*Closer than*: the share of typical matches (the nearest "
+                    "reference of held-out studies like the training images) that lie farther away than this one.")
         if loaded.texts_note:
             gr.Markdown(loaded.texts_note)
         references = gr.Dataframe(headers=rendering.reference_headers(metric), label="Nearest training studies",
-                                  interactive=False, wrap=True, column_widths=["6%", "10%", "12%", "12%", "20%", "40%"],
+                                  interactive=False, wrap=True, column_widths=["5%", "9%", "11%", "10%", "18%", "35%", "12%"],
                                   elem_id="references")
 
         gr.Markdown("## MPSA attention maps\nWhere each prompt was read on the image; predicted-positive findings first. "
@@ -116,6 +124,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
                 map_choice = gr.Dropdown(label="Prompt", choices=[], interactive=True)
                 heatmap = gr.Image(label="Attention map", type="numpy", format="png", interactive=False, height=560,
                                    elem_id="heatmap")
+                map_note = gr.Markdown(elem_id="map-note")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Top maps", columns=2, height=520, object_fit="contain")
         gr.Markdown(f"*{service.DISCLAIMER}* Not a medical device.")
@@ -134,8 +143,9 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             return service.display_copy(views[0].pixels), rendering.xray_info(views), held
 
         def clear():
-            return ("", [], [], gr.DownloadButton(value=None, interactive=False),
-                    gr.DownloadButton(value=None, interactive=False), gr.Dropdown(choices=[], value=None), None, [], None)
+            return (gr.Textbox(value="", elem_classes=[]), [], [], gr.DownloadButton(value=None, interactive=False),
+                    gr.DownloadButton(value=None, interactive=False), gr.Dropdown(choices=[], value=None), None, [], None,
+                    gr.Markdown(value="", visible=False), "")
 
         def draft(frontal, lateral, fetch, beams, max_length) -> tuple:
             """Report, findings, references, downloads and the session's Evidence. The decoded film
@@ -148,12 +158,14 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             done = service.generate(loaded, views, beams=beams, max_length=max_length)
             pace.record(time.monotonic() - started)
             shown = service.evidence(done)
-            txt, js = outbox.export(shown, shown.report.text)
-            out = (done.report.text, rendering.findings_table(done.report), rendering.references_table(done.report),
-                   txt, js, shown)
             del views, done
             memory.release()
-            return out
+            if service.withheld(shown.report):  # not a chest radiograph: nothing to draft from it
+                txt, js = outbox.export(shown, "")
+                return "", [], [], txt, js, shown
+            report = shown.report
+            txt, js = outbox.export(shown, report.text)
+            return report.text, rendering.findings_table(report), rendering.references_table(report), txt, js, shown
 
         def generate_on_page(frontal, lateral, beams, max_length, held, progress=gr.Progress()):
             progress(0.1, desc="Generating the report")
@@ -165,8 +177,9 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
 
         def redraft(frontal, lateral, held, shown, table, beams, max_length, reset: bool = False):
             """The same study drafted again from the reader's findings; image, maps and references stay."""
-            if shown is None:
-                raise gr.Error("Generate a report first.", print_exception=False)
+            if shown is None or service.withheld(shown.report):
+                raise gr.Error("There is no draft to redraft: generate one for a chest radiograph first.",
+                               print_exception=False)
             rows = table.get("data", []) if isinstance(table, dict) else table  # unprocessed: Gradio's payload
             try:
                 overrides = {} if reset else rendering.edited_states(shown.report, rows)
@@ -192,15 +205,21 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             return checks
 
         def show_evidence(shown: service.Evidence):
-            choices = rendering.heatmap_choices(shown.report)
-            maps = [(_render(shown, index), label) for label, index in choices[:GALLERY_SIZE]]
+            banner_text = service.gate_banner(shown.report) or ""
+            greyed = gr.Textbox(elem_classes=["ood-draft"] if banner_text else [])
             info = "\n\n".join([shown.info, *(f"*{note}*" for note in shown.notes)])
+            choices = [] if service.withheld(shown.report) else rendering.heatmap_choices(shown.report)
+            maps = [(_render(shown, index), label) for label, index in choices[:GALLERY_SIZE]]
             first_map, first_index = (maps[0][0], choices[0][1]) if maps else (None, None)
             return (shown.displays[0], info, gr.Dropdown(choices=choices, value=first_index), first_map, maps,
-                    gr.DownloadButton(interactive=True), gr.DownloadButton(interactive=True))
+                    gr.DownloadButton(interactive=True), gr.DownloadButton(interactive=True),
+                    gr.Markdown(value=banner_text, visible=bool(banner_text)), greyed,
+                    _map_note(shown, first_index))
 
         def show_map(shown: service.Evidence | None, index: int | None):
-            return None if shown is None or index is None else _render(shown, int(index))
+            if shown is None or index is None:
+                return None, ""
+            return _render(shown, int(index)), _map_note(shown, int(index))
 
         def refresh_downloads(shown: service.Evidence | None, text: str):
             if shown is None:
@@ -213,7 +232,8 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             page.state_holder.delete_state(request.session_hash)
             memory.release()
 
-        results = [report_box, findings, references, txt_button, json_button, map_choice, heatmap, gallery, result]
+        results = [report_box, findings, references, txt_button, json_button, map_choice, heatmap, gallery, result,
+                   banner, map_note]
         outputs = [report_box, findings, references, txt_button, json_button]
         for view in (frontal, lateral):
             view.change(preview, [frontal, lateral, held], [seen, seen_info, held], api_visibility="private",
@@ -222,8 +242,8 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
         generate_button.click(
             generate_on_page, [frontal, lateral, beams, max_length, held], [*outputs, result], api_visibility="private",
             validator=check_page, preprocess=False, concurrency_id="generate",
-        ).success(show_evidence, result, [seen, seen_info, map_choice, heatmap, gallery, txt_button, json_button],
-                  api_visibility="private")
+        ).success(show_evidence, result, [seen, seen_info, map_choice, heatmap, gallery, txt_button, json_button,
+                                          banner, report_box, map_note], api_visibility="private")
         api_trigger.click(generate, [frontal, lateral, beams, max_length], outputs, api_name="generate",
                           validator=check_api, preprocess=False, concurrency_id="generate")
         redraft_inputs = [frontal, lateral, held, result, findings, beams, max_length]
@@ -232,7 +252,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
                              concurrency_id="generate")
         reset_button.click(lambda *args: redraft(*args, reset=True), redraft_inputs, redrafted,
                            api_visibility="private", preprocess=False, concurrency_id="generate")
-        map_choice.input(show_map, [result, map_choice], heatmap, api_visibility="private")
+        map_choice.input(show_map, [result, map_choice], [heatmap, map_note], api_visibility="private")
         report_box.input(refresh_downloads, [result, report_box], [txt_button, json_button],
                          api_visibility="private", trigger_mode="always_last")
         page.unload(forget)
@@ -289,13 +309,29 @@ def _examples(target: gr.File) -> None:
                     label="SynthCXR examples (synthetic)")
 
 
+def _map_note(shown: service.Evidence, index: int | None) -> str:
+    """Says so when the chosen map is nearly uniform (then drawn without colour)."""
+    if index is None:
+        return ""
+    peak = shown.report.attention[index].peak_ratio()
+    if peak >= NEAR_UNIFORM:
+        return ""
+    return (f"This map is nearly uniform (its peak is {peak:.1f} × its average): the model did not locate this "
+            "prompt anywhere in particular, so no colour is drawn.")
+
+
 def _render(shown: service.Evidence, index: int):
-    """One attention map over the display copy of the view it belongs to."""
+    """One attention map over the display copy of the view it belongs to; a nearly uniform map is
+    drawn as exactly uniform, i.e. without colour (faint colour would look like weak evidence),
+    and its title says so."""
     amap = shown.report.attention[index]
     title = amap.prompt if amap.kind == "region" else f"global prompt: {amap.prompt}"
     if len(shown.displays) > 1:
         title += f" ({rendering.VIEW_NAMES[amap.view]} view)"
-    return rendering.overlay(service.display_pixels(shown, amap), amap.heatmap, title)
+    heatmap = amap.heatmap
+    if amap.peak_ratio() < NEAR_UNIFORM:
+        heatmap, title = np.full_like(heatmap, 1 / heatmap.size), f"{title}: nearly uniform, not coloured"
+    return rendering.overlay(service.display_pixels(shown, amap), heatmap, title)
 
 
 def launch(page: gr.Blocks, refused: Callable[[bytes], tuple[int, int]], *, host: str, port: int, share: bool = False,

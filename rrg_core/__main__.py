@@ -6,11 +6,12 @@
     python -m rrg_core label REPORTS.{json,csv} [--column report] [--id-column id]
 
 Each file is one study (one view). With ``--json`` each file gives one line holding a JSON object
-{"file", "report", "findings", "references", "overrides", "consistency", "error"} (strict JSON: null for a non-finite number);
-otherwise a short readable block. A file that cannot be read gets its ``error`` and the others
-still run: the exit code is non-zero (2, with one sentence) only for bad options and weights that
-cannot be loaded. Heatmaps are made at most ``MAX_MAP_SIDE`` pixels large, as in the demo;
-``--no-maps`` skips them (the map sides come from the model's own resolution either way).
+{"file", "report", "findings", "references", "overrides", "consistency", the input gate's fields
+(rrg_core.outputs.Report.to_dict), "error"} (strict JSON: null for a non-finite number); otherwise a
+short readable block. A file that cannot be read gets its ``error`` and the others still run: the
+exit code is non-zero (2, with one sentence) only for bad options and weights that cannot be
+loaded. Heatmaps are made at most ``MAX_MAP_SIDE`` pixels large, as in the demo; ``--no-maps``
+skips them (the map sides come from the model's own resolution either way).
 """
 from __future__ import annotations
 
@@ -143,6 +144,8 @@ def format_text(record: dict[str, Any]) -> str:
         f"{r['study_id']} ({r['distance']:.4f}{', global prompt' if r['is_global_prompt'] else ''})"
         for r in record["references"][:TEXT_REFERENCES]
     )
+    if record.get("out_of_distribution"):
+        lines.append(f"  WARNING: {_gate_warning(record)}")
     lines += [
         f"  report: {record['report']}",
         f"  findings: {findings or 'none predicted positive or uncertain'}",
@@ -150,6 +153,14 @@ def format_text(record: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _gate_warning(record: dict[str, Any]) -> str:
+    """Why the draft below should not be trusted (the input gate's verdict)."""
+    if record["refusal"]:
+        return record["refusal"].replace("no draft is shown", "the draft is meaningless")
+    return (f"this image is unlike the images these weights were trained on ({record['trained_on']}; score "
+            f"{record['ood_score']:.2f} > threshold {record['ood_threshold']:.2f}): the draft is not meaningful")
 
 
 def _map_side(right: float | None) -> str:

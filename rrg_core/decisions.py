@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -159,13 +159,23 @@ def fit_thresholds(
     return thresholds, best, counts
 
 
-def rule_text(observation: str, rule: DecisionRule | None, adjustment: float, overridden: bool) -> str:
-    """How the state shown for ``observation`` was decided, in words for the findings table."""
+def rule_text(
+    observation: str,
+    rule: DecisionRule | None,
+    adjustment: float,
+    overridden: bool,
+    shown: Callable[[str, float], float] | None = None,
+) -> str:
+    """How the state shown for ``observation`` was decided, in words for the findings table.
+    ``shown`` maps a threshold on the model's P(positive) to the scale the table shows (the
+    weights' calibration, a monotone map, so the rule holds on either scale)."""
     if overridden:
         return "set by the reader"
     if observation == "No Finding":
         return "positive only when no pathology is positive or uncertain"
     if rule is None:
         return f"most probable state (prior adjustment {adjustment:g})"
-    return f"positive if P(pos.) ≥ {rule.thresholds.get(observation, DEFAULT_THRESHOLD):.2f}"
-
+    threshold = rule.thresholds.get(observation, DEFAULT_THRESHOLD)
+    if shown is not None:
+        threshold = float(shown(observation, threshold))
+    return f"positive if P(pos.) ≥ {threshold:.2f}"

@@ -32,6 +32,7 @@ from .decoder import ReportDecoder
 from .diagnosis import DiagnosisHead
 from .faithful import make_consistent
 from .fvtaf import FVTAF, consistency_loss
+from .gate import annotate, refuse_colour
 from .grounding import grounding_loss
 from .lre import EntityScores, LearnableRetrievalEnhancer, entity_loss
 from .mpsa import MPSAOutput
@@ -80,6 +81,8 @@ class REVTAF(nn.Module):
         # Per-observation thresholds tuned at release (decision.json beside the weights); None:
         # the argmax rule of DiagnosisHead.decide.
         self.decision: DecisionRule | None = None
+        self.gate = None  # rrg_core.gate.Gate and rrg_core.calibration.Calibration, loaded from sidecar files
+        self.calibration = None
 
     # ------------------------------------------------------------------ shared image side
     @property
@@ -263,6 +266,7 @@ class REVTAF(nn.Module):
             no_repeat_ngram_size=c.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size,
         )
         sizes = list(image_sizes) if image_sizes is not None else [tuple(images.shape[-2:])] * len(candidates)
+        shown = self.calibration.calibrate if self.calibration is not None else None  # the table's P scale
         reports = []
         for b, beams in enumerate(candidates):
             attention = self._attention_maps(encoded, global_, b, sizes[b])
@@ -281,12 +285,13 @@ class REVTAF(nn.Module):
                     attention=attention,
                     predicted_states=predicted[b].tolist(),
                     overrides={o: STATE_NAMES[s] for o, s in overrides[b].items()},
-                    decision_rules={o: rule_text(o, self.decision, c.decision_adjustment, o in overrides[b])
+                    decision_rules={o: rule_text(o, self.decision, c.decision_adjustment, o in overrides[b], shown)
                                     for o in OBSERVATIONS},
                     consistency=consistency,
                     map_right_shares=shares,
                 )
             )
+        annotate(self, reports, images, encoded)
         return reports
 
     def _finding_sides(self, encoded: _Encoded, b: int) -> dict[str, float]:
@@ -384,7 +389,9 @@ class REVTAF(nn.Module):
         studies = [s if isinstance(s, (list, tuple)) else [s] for s in studies]
         images = torch.stack([self.prepare(views) for views in studies]).to(self.diagnosis.query.device)
         sizes = [[_capped_size(getattr(v, "pixels", v).shape, max_map_side) for v in views] for views in studies]
-        return self.generate(images, image_sizes=sizes, **options)
+        reports = self.generate(images, image_sizes=sizes, **options)
+        refuse_colour(reports, [max(getattr(v, "colour", 0.0) for v in views) for views in studies])
+        return reports
 
 
 def _capped_size(shape: tuple[int, int], max_side: int | None) -> tuple[int, int]:

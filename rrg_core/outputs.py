@@ -23,11 +23,15 @@ class Reference:
     label_states: list[int]  # State values in OBSERVATIONS order
     text: str | None = None  # None where the index holds no report text
     is_global_prompt: bool = False  # the top-1 reference feeds FVTAF as the global prompt
+    # Share of typical matches (held-out in-distribution studies' references) that lie farther
+    # away than this one: 0.8 = "closer than 80 % of typical matches". None without a gate.
+    closer_than: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "study_id": self.study_id,
             "distance": self.distance,
+            "closer_than": self.closer_than,
             "labels": {o: STATE_NAMES[s] for o, s in zip(OBSERVATIONS, self.label_states)},
             "text": self.text,
             "is_global_prompt": self.is_global_prompt,
@@ -48,6 +52,11 @@ class AttentionMap:
         """:func:`right_share` of this map."""
         return right_share(self.heatmap)
 
+    def peak_ratio(self) -> float:
+        """The map's peak as a multiple of its average: 1 for a uniform map (no localisation)."""
+        heatmap = np.asarray(self.heatmap, dtype=np.float64)  # session copies are float16
+        return float(heatmap.max() * heatmap.size / max(float(heatmap.sum()), 1e-12))
+
 
 def right_share(heatmap: np.ndarray) -> float:
     """The share of a map on the patient's right: the image's left half, as a frontal radiograph
@@ -57,6 +66,21 @@ def right_share(heatmap: np.ndarray) -> float:
     half = len(columns) // 2
     right = columns[:half].sum() + (columns[half] / 2 if len(columns) % 2 else 0.0)
     return float(right / max(columns.sum(), 1e-12))
+
+
+@dataclass
+class InputCheck:
+    """What the weights' input gate (:mod:`rrg_core.gate`) says about a study's image."""
+
+    radiograph: bool  # False: not a chest radiograph at all (the draft should not be shown)
+    refusal: str | None  # why not, one sentence; None for a radiograph
+    ood_score: float  # distance of the image's features from the training images' (larger = less alike)
+    ood_threshold: float  # scores above it are out of distribution (fitted on held-out in-distribution data)
+    trained_on: str  # what these weights were trained on, e.g. "synthetic phantoms"
+
+    @property
+    def out_of_distribution(self) -> bool:
+        return not self.radiograph or self.ood_score > self.ood_threshold
 
 
 @dataclass
@@ -76,10 +100,19 @@ class Report:
     # text follows, independent of the size (or absence) of the maps in ``attention``.
     map_right_shares: dict[str, float] = field(default_factory=dict)
 
+    input_check: InputCheck | None = None  # None: these weights have no input gate
+    calibrated: dict[str, float] | None = None  # observation -> calibrated P(positive); None: no calibration
+
+    @property
+    def out_of_distribution(self) -> bool | None:
+        return None if self.input_check is None else self.input_check.out_of_distribution
+
     def findings(self) -> list[dict[str, Any]]:
         """Per-observation summary sorted by probability of being present (positive), with the
         share of the finding's frontal map on the patient's right (None without such a map): from
-        ``map_right_shares`` where the model gave them, else from the frontal maps."""
+        ``map_right_shares`` where the model gave them, else from the frontal maps.
+        ``p_positive`` is calibrated where the weights have a calibration (``p_positive_raw`` is
+        the model's own); the other states' probabilities are the model's own."""
         frontal = {m.observation: m for m in self.attention if m.kind == "region" and m.view == 0 and m.observation}
         rows = []
         for name, state in zip(OBSERVATIONS, self.states):
@@ -91,6 +124,8 @@ class Report:
                     "set_by": "reader" if name in self.overrides else "model",
                     "decision_rule": self.decision_rules.get(name),
                     "p_positive": float(p[1]),
+                    "p_positive": float(self.calibrated[name] if self.calibrated else p[1]),
+                    "p_positive_raw": float(p[1]),
                     "p_uncertain": float(p[3]),
                     "p_negative": float(p[2]),
                     "p_not_mentioned": float(p[0]),
@@ -102,12 +137,19 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the heatmaps)."""
+        check = self.input_check
         return {
             "report": self.text,
             "findings": self.findings(),
             "references": [r.to_dict() for r in self.references],
             "overrides": dict(self.overrides),
             "consistency": self.consistency.to_dict() if self.consistency else None,
+            "out_of_distribution": self.out_of_distribution,
+            "ood_score": None if check is None else check.ood_score,
+            "ood_threshold": None if check is None else check.ood_threshold,
+            "radiograph": None if check is None else check.radiograph,
+            "refusal": None if check is None else check.refusal,
+            "trained_on": None if check is None else check.trained_on,
         }
 
 

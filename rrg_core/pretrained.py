@@ -16,8 +16,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .calibration import Calibration
 from .config import REVTAFConfig
 from .decisions import DecisionRule
+from .gate import Gate, n_gate_features
 from .hub import push_folder, resolve_weights
 from .model import REVTAF
 from .reference_index import ReferenceIndex
@@ -41,6 +43,9 @@ def save_pretrained(model: REVTAF, directory: str | os.PathLike, *, dtype: torch
         model.index.save(directory)
     if model.decision is not None:
         model.decision.save(directory)
+    for sidecar in (model.gate, model.calibration):
+        if sidecar is not None:
+            sidecar.save(directory)
     return directory
 
 
@@ -150,6 +155,7 @@ def from_pretrained(
         raise ValueError(f"{path} lacks {len(absent)} tensor(s), e.g. {absent[:3]}")
     model.load_state_dict(tensors, strict=False)
     model.decoder.bert.tie_weights()
+    model.gate, model.calibration = Gate.load(folder, n_gate_features(model)), Calibration.load(folder)
     return model.to(device).eval()
 
 

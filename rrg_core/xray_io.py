@@ -38,6 +38,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 MAX_PIXELS = 50_000_000
 MIN_SIDE = 64
 PERCENTILE_WINDOW = (0.5, 99.5)
+CHROMA_SIDE = 256  # colour is measured on a copy at most this large
 # warnings.catch_warnings swaps the process-wide filter list: two overlapping reads (Gradio serves
 # requests on threads) would restore each other's copies and could leave "ignore" in place for
 # good. Reads take turns instead; decoding one X-ray is quick.
@@ -93,6 +94,7 @@ class XRay:
     source_format: str
     metadata: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    colour: float = 0.0  # mean chroma of the file's pixels (0 = grayscale, however stored): the input gate reads it
 
 
 def read_xray(source: str | os.PathLike | bytes) -> XRay:
@@ -196,7 +198,21 @@ def _read_raster(data: bytes) -> XRay:
         img = ImageOps.exif_transpose(img)
         notes.append("rotated the image as its EXIF orientation tag says")
     pixels = _raster_pixels(img, notes)
-    return XRay(pixels, source_format, metadata, notes)
+    colour = _chroma(np.asarray(_thumbnail(img).convert("RGB"))) if len(set(img.getbands()) - {"A"}) > 1 else 0.0
+    return XRay(pixels, source_format, metadata, notes, colour)
+
+
+def _thumbnail(img: Image.Image) -> Image.Image:
+    small = img.convert("RGBA") if img.mode in ("P", "PA") else img.copy()
+    small.thumbnail((CHROMA_SIDE, CHROMA_SIDE))
+    return small
+
+
+def _chroma(rgb: np.ndarray, full_scale: float = 255) -> float:
+    """Mean (max - min) over the colour channels, in [0, 1]: a radiograph stored as RGB has 0."""
+    step = max(1, max(rgb.shape[:2]) // CHROMA_SIDE)
+    rgb = rgb[::step, ::step, :3].astype(np.float32)
+    return float((rgb.max(-1) - rgb.min(-1)).mean() / full_scale)
 
 
 def _raster_pixels(img: Image.Image, notes: list[str]) -> np.ndarray:
@@ -275,7 +291,7 @@ def _read_dicom(data: bytes) -> XRay:
         if keyword in ds and ds[keyword].is_empty:
             del ds[keyword]
 
-    frames = int(ds.get("NumberOfFrames") or 1)
+    frames, colour = int(ds.get("NumberOfFrames") or 1), 0.0
     frame = pixel_array(ds, index=0)
     if frames > 1:
         notes.append(f"used frame 1 of {frames}")
@@ -287,6 +303,7 @@ def _read_dicom(data: bytes) -> XRay:
     else:
         pixels = (frame.astype(np.float64) @ _LUMA / (2 ** int(ds.BitsStored) - 1)).astype(np.float32)
         notes.append(f"converted {photometric} to grayscale")
+        colour = _chroma(frame, 2 ** int(ds.BitsStored) - 1)
 
     metadata: dict[str, Any] = {
         key: str(ds[keyword].value) for keyword, key in _DICOM_METADATA.items() if ds.get(keyword)
@@ -298,7 +315,7 @@ def _read_dicom(data: bytes) -> XRay:
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     if spacing:
         metadata["pixel_spacing_mm"] = tuple(float(v) for v in spacing)
-    return XRay(pixels, "dicom", metadata, notes)
+    return XRay(pixels, "dicom", metadata, notes, colour)
 
 
 def _transfer_syntax(ds: Dataset, notes: list[str]) -> UID:

@@ -87,3 +87,21 @@ def write_tiny_dataset(root, n_train=12, n_val=4, n_test=4, masks=False):
             splits[split].append(entry)
     (root / "annotation.json").write_text(json.dumps(splits))
     return root
+
+
+def fit_tiny_gate(model: REVTAF, root, n: int = 24) -> REVTAF:
+    """Give ``model`` a gate and a calibration fitted on a few phantoms (two seeds) against a few
+    synthetic non-radiographs, as train.fit_gate does for released weights."""
+    from rrg_core.calibration import Calibration
+    from rrg_core.datasets import load_split
+    from rrg_core.gate import Gate
+    from rrg_core.phantoms import write_dataset
+    from train.fit_gate import frontal_pixels, non_radiograph_stats, observe_studies
+
+    fit, held = (load_split(write_dataset(root / f"phantoms{seed}", n=n, seed=seed), "all") for seed in (11, 12))
+    fitted, held_out = observe_studies(model, fit), observe_studies(model, held)
+    negative = non_radiograph_stats(model, frontal_pixels(fit), n, seed=1)
+    model.gate = Gate.fit(fitted.both(), held_out.both(), negative, trained_on="synthetic phantoms",
+                          fitted_on="tiny test phantoms", quantile=1.0)
+    model.calibration = Calibration.fit(held_out.native.p_positive.numpy(), held_out.positive, "tiny test phantoms")
+    return model

@@ -55,8 +55,10 @@ def test_json_has_one_record_per_file_and_a_bad_file_does_not_stop_the_rest(weig
     assert main(["report", *paths, "--weights", str(weights), "--json", "--beams", "2", "--max-length", "12"]) == 0
     records = _records(capsys)
     assert [r["file"] for r in records] == paths
-    keys = ["file", "report", "findings", "references", "overrides", "consistency", "error"]
-    assert all(list(r) == keys for r in records)
+    gate_fields = ["out_of_distribution", "ood_score", "ood_threshold", "radiograph", "refusal", "trained_on"]
+    keys = ["file", "report", "findings", "references", "overrides", "consistency"]
+    assert list(records[1]) == [*keys, "error"]
+    assert all(list(r) == [*keys, *gate_fields, "error"] for r in records[::2])
 
     bad = records[1]
     assert bad["error"].startswith("This is a text file, not an image")

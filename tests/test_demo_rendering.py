@@ -173,6 +173,7 @@ def test_references_table_shows_distance_marks_the_global_prompt_and_lists_posit
     assert rows[1][4] == "No Finding"
     assert rows[0][5].startswith("cardiomegaly . cardiomegaly") and rows[0][5].endswith("…") and len(rows[0][5]) <= 60
     assert rows[1][5] == "(text not available)"
+    assert [r[6] for r in rows] == ["no scale (no gate)"] * 2
     assert rendering.reference_headers("hyperbolic")[2] == "Distance (hyperbolic)"
 
 

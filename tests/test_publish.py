@@ -79,8 +79,10 @@ def test_release_evaluates_on_fresh_phantoms_and_writes_a_compact_carded_folder(
                     out_dir=str(run), origin="--config tiny-made-up --set epochs=1"))
     out = tmp_path / "released"
     release.main(["--run", str(run), "--out", str(out), "--eval-phantoms", "8", "--eval-seed", "3", "--half",
-                  "--no-texts", "--title", "Tiny", "--training-data", "six made-up reports"])
+                  "--no-texts", "--title", "Tiny", "--training-data", "six made-up reports",
+                  "--trained-on", "made-up images"])
     card = (out / "README.md").read_text()
+    assert "## Input gate and calibration (measured)" in card and '--trained-on "made-up images"' in card
     assert "**Training data:** six made-up reports" in card and "8 fresh SynthCXR phantoms (seed 3" in card
     assert "| pointing game |" in card and "python -m train.release --run" in card
     assert "python -m train.fit --config tiny-made-up --set epochs=1\n" in card  # the run's own command
@@ -88,4 +90,5 @@ def test_release_evaluates_on_fresh_phantoms_and_writes_a_compact_carded_folder(
     assert results["n"] == 8 and "grounding" in results
     model = from_pretrained(out)
     assert model.index.texts is None
+    assert model.gate.trained_on == "made-up images" and model.calibration is not None
     assert (out / "model.safetensors").stat().st_size < 0.6 * (run / "best" / "model.safetensors").stat().st_size

@@ -65,3 +65,19 @@ def write_model_card(
     path = folder / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def set_section(folder: str | Path, heading: str, body: str) -> Path:
+    """Put ``## heading`` with ``body`` into ``folder/README.md``, replacing that section if the
+    card has it already (up to the next ``## `` heading), else appending it."""
+    path = Path(folder) / "README.md"
+    lines = path.read_text().rstrip("\n").split("\n") if path.is_file() else []
+    title = f"## {heading}"
+    if title in lines:
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = [title, "", body, ""] if end < len(lines) else [title, "", body]
+    else:
+        lines += ["", title, "", body]
+    path.write_text("\n".join(lines).rstrip("\n") + "\n")
+    return path

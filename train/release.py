@@ -1,11 +1,15 @@
 """Turn a training run into a shippable weights folder: evaluated, carded, compact.
 
     python -m train.release --run runs/synthcxr-small --out assets/weights/synthcxr \
-        --eval-phantoms 300 --eval-seed 7 --half --title "..." --training-data "..." --license apache-2.0
+        --eval-phantoms 300 --eval-seed 7 --half --title "..." --training-data "..." --license apache-2.0 \
+        --trained-on "synthetic phantoms"
 
 Loads ``RUN/best``, evaluates it (on fresh SynthCXR phantoms of another seed, or on a
 dataset split), saves it (float16 weights with --half; the index without report text with
---no-texts) and writes the model card with the measured metrics and the commands.
+--no-texts), writes the model card with the measured metrics and the commands, and fits the
+input gate and the calibration (``train.fit_gate``: on fresh phantoms of seeds 11 and 12 for
+phantom-trained weights, else on the dataset's train and val splits; measured on the evaluation
+set).
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from rrg_core.pretrained import from_pretrained
 
 from .config import TrainConfig
 from .fit import resolve_data
+from .fit_gate import build_parser as gate_parser
+from .fit_gate import fit_gate
 from .model_card import write_model_card
 
 
@@ -54,6 +60,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--training-data", required=True, help="one line: what it was trained on")
     parser.add_argument("--license", default="apache-2.0")
     parser.add_argument("--notes", default="")
+    parser.add_argument("--trained-on", required=True,
+                        help='what the input gate tells users these weights saw, e.g. "synthetic phantoms"')
     args = parser.parse_args(argv)
 
     run = Path(args.run)
@@ -89,7 +97,8 @@ def main(argv: list[str] | None = None) -> Path:
         + (f"--eval-phantoms {args.eval_phantoms} --eval-seed {args.eval_seed} " if args.eval_phantoms
            else f"--eval-data {args.eval_data} --eval-split {args.eval_split} ")
         + ("--half " if args.half else "") + ("--no-texts " if args.no_texts else "")
-        + f'--title "{args.title}" --training-data "{args.training_data}" --license {args.license}'
+        + f'--title "{args.title}" --training-data "{args.training_data}" --license {args.license} '
+        + f'--trained-on "{args.trained_on}"'
     )
     write_model_card(
         out,
@@ -102,7 +111,24 @@ def main(argv: list[str] | None = None) -> Path:
         notes=args.notes,
     )
     print(json.dumps(headline(result), indent=2))
+    gate = _gate_arguments(args, train_config)
+    print(json.dumps(fit_gate(from_pretrained(out), out, gate_parser().parse_args(gate)), indent=2))
     return out
+
+
+def _gate_arguments(args: argparse.Namespace, train_config: dict) -> list[str]:
+    """train.fit_gate's arguments for this release: the in-distribution data the run was trained
+    on (fresh phantoms, or the dataset's train/val splits) and the evaluation set as test set."""
+    gate = ["--weights", args.out, "--trained-on", args.trained_on]
+    if train_config.get("data") == "synthcxr":
+        gate += ["--phantoms", "600"]
+    else:
+        gate += ["--data", str(resolve_data(TrainConfig(**train_config)))]
+    if args.eval_phantoms:
+        gate += ["--test-phantoms", str(args.eval_phantoms), "--test-seed", str(args.eval_seed)]
+    elif args.eval_split == "test":
+        gate += ["--test-data", args.eval_data]
+    return gate
 
 
 def _training_time(run: Path) -> str | None:
