@@ -71,7 +71,7 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
                     json_button = gr.DownloadButton("Download .json", interactive=False, size="md")
                 findings = gr.Dataframe(headers=rendering.FINDINGS_HEADERS, label="Per-finding probabilities",
                                         interactive=False, max_height=420, wrap=True, elem_id="findings",
-                                        column_widths=["25%", "15%", "10%", "12%", "12%", "12%", "14%"])
+                                        column_widths=rendering.column_widths(rendering.FINDINGS_HEADERS))
 
         gr.Markdown("## Retrieved reference reports")
         if loaded.texts_note:
@@ -179,11 +179,11 @@ def _examples(target: gr.File) -> None:
 def _render(done: service.Result, index: int):
     """One attention map over the view it belongs to (a one-view study stands in for both views)."""
     amap = done.report.attention[index]
-    view = done.views[min(amap.view, len(done.views) - 1)]
+    drawn_on = min(amap.view, len(done.views) - 1)
     title = amap.prompt if amap.kind == "region" else f"global prompt: {amap.prompt}"
     if len(done.views) > 1:
         title += f" ({rendering.VIEW_NAMES[amap.view]} view)"
-    return rendering.overlay(view.pixels, amap.heatmap, title)
+    return rendering.overlay(done.views[drawn_on].pixels, amap.heatmap, title, amap.kind, frontal=drawn_on == 0)
 
 
 def launch(page: gr.Blocks, *, host: str, port: int, share: bool = False, **kwargs) -> None:
