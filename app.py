@@ -6,6 +6,8 @@
 Each option has an environment equivalent (RRG_WEIGHTS, RRG_REFERENCE_DATA, GRADIO_SERVER_NAME,
 GRADIO_SERVER_PORT); Spaces sets the last two. Weights that cannot be had stop the start with one
 sentence on stderr and exit code 2: serving other weights than the ones asked for would be worse.
+The page answers as soon as Gradio serves it and says "Loading the model" until torch,
+transformers and the weights are loaded in the background (requests wait for them).
 """
 from __future__ import annotations
 
@@ -38,11 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     from demo import service, ui
 
     try:
-        loaded = service.load(args.weights, args.reference_data)
+        loading = service.Loading(args.weights, args.reference_data)  # locates the weights; no torch yet
     except service.STARTUP_ERRORS as err:
         print(f"app.py: cannot start: {err}", file=sys.stderr)
         return 2
-    ui.launch(ui.build(loaded), host=args.host, port=args.port, share=args.share)
+    page = ui.build(loading)
+    # The page answers first; torch, transformers and the weights load behind it (it says so).
+    ui.launch(page, host=args.host, port=args.port, share=args.share, prevent_thread_lock=True)
+    try:
+        loading.start().result()
+    except service.STARTUP_ERRORS as err:
+        page.close()
+        print(f"app.py: cannot start: {err}", file=sys.stderr)
+        return 2
+    page.block_thread()
     return 0
 
 

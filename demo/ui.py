@@ -30,17 +30,18 @@ CACHE_AGE_S = 600  # uploads, rendered images and downloads are deleted from Gra
 GALLERY_SIZE = 4
 MAX_UPLOAD = "200mb"  # a 50-megapixel 16-bit DICOM (read_xray's limit) is 100 MB
 VALID = gr.validate(True, "")
+LOADING = "Loading the model (torch, transformers and the weights) …"
 CSS = """
 #notice {background: #fff4e5; border: 1px solid #f0a030; border-radius: 6px; padding: 4px 12px;}
 #notice p {margin: 4px 0; color: #5a3600; font-weight: 600;}
 """
 
 
-def build(loaded: service.LoadedModel) -> gr.Blocks:
-    """The whole page for one loaded model."""
+def build(loading: service.Loading) -> gr.Blocks:
+    """The whole page for one model: served at once, usable once ``loading`` has the model (the page
+    says so meanwhile, and requests wait for it)."""
     outbox = service.Outbox()
-    config = loaded.model.config
-    metric = loaded.model.index.metric if loaded.model.index is not None else "distance"
+    config = loading.config
 
     with gr.Blocks(title="REVTAF chest X-ray report draft", delete_cache=(60, CACHE_AGE_S)) as page:
         result = gr.State(None, time_to_live=CACHE_AGE_S)
@@ -50,7 +51,8 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
             f"uploads are deleted from the server within {CACHE_AGE_S // 60} minutes.",
             elem_id="notice",
         )
-        gr.Markdown(f"**Weights:** `{loaded.weights_id}` — {loaded.card}", elem_id="weights")
+        gr.Markdown(f"**Weights:** `{loading.weights_id}` — {loading.card}", elem_id="weights")
+        status = gr.Markdown(f"⏳ {LOADING}", elem_id="model-status")
 
         with gr.Row():
             with gr.Column(scale=2):
@@ -59,7 +61,7 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
                 with gr.Accordion("Decoding options", open=False):
                     beams = gr.Slider(1, 6, value=config.num_beams, step=1, label="Beam size")
                     max_length = gr.Slider(10, 200, value=config.max_new_tokens, step=5, label="Maximum length (tokens)")
-                generate_button = gr.Button("Generate report", variant="primary")
+                generate_button = gr.Button(LOADING, variant="primary", interactive=False)
                 _examples(frontal)
                 seen = gr.Image(label="The X-ray as the model saw it (after windowing)", type="numpy",
                                 image_mode="L", format="png", interactive=False, height=360)
@@ -74,14 +76,13 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
                                         column_widths=rendering.column_widths(rendering.FINDINGS_HEADERS))
 
         gr.Markdown("## Retrieved reference reports")
-        if loaded.texts_note:
-            gr.Markdown(loaded.texts_note)
-        references = gr.Dataframe(headers=rendering.reference_headers(metric), label="Nearest training studies",
-                                  interactive=False, wrap=True, column_widths=["6%", "10%", "12%", "12%", "20%", "40%"],
-                                  elem_id="references")
+        texts_note = gr.Markdown(visible=False)
+        references = gr.Dataframe(headers=rendering.reference_headers(config.search_metric),
+                                  label="Nearest training studies", interactive=False, wrap=True,
+                                  column_widths=["6%", "10%", "12%", "12%", "20%", "40%"], elem_id="references")
 
         gr.Markdown("## MPSA attention maps\nWhere each prompt was read on the image; predicted-positive findings first. "
-                    + loaded.maps_note)
+                    + loading.maps_note)
         with gr.Row():
             with gr.Column(scale=3):
                 map_choice = gr.Dropdown(label="Prompt", choices=[], interactive=True)
@@ -112,7 +113,7 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
             except UnreadableImage as err:
                 raise gr.Error(str(err), print_exception=False) from None
             progress(0.2, desc="Generating the report")
-            done = service.generate(loaded, views, beams=beams, max_length=max_length)
+            done = service.generate(loading.result(), views, beams=beams, max_length=max_length)
             progress(0.9, desc="Preparing the evidence")
             txt, js = outbox.export(done, done.report.text)
             report = done.report
@@ -138,6 +139,13 @@ def build(loaded: service.LoadedModel) -> gr.Blocks:
             txt, js = outbox.export(done, text)
             return gr.DownloadButton(value=txt), gr.DownloadButton(value=js)
 
+        def model_ready():
+            loaded = loading.result()
+            return (gr.Markdown(visible=False), gr.Markdown(loaded.texts_note or "", visible=bool(loaded.texts_note)),
+                    gr.Button("Generate report", interactive=True))
+
+        page.load(model_ready, None, [status, texts_note, generate_button], api_visibility="private",
+                  concurrency_limit=None, show_progress="hidden")
         results = [report_box, findings, references, txt_button, json_button, map_choice, heatmap, gallery, result]
         for view in (frontal, lateral):
             view.change(preview, [frontal, lateral], [seen, seen_info], api_visibility="private")
