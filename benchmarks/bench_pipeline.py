@@ -258,7 +258,8 @@ def cold_start_table(trees: dict[str, Path], repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, help="another checkout of this repository to compare with")
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/iu_xray"), help="IU X-Ray in R2Gen layout")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "iu_xray",
+                        help="IU X-Ray in R2Gen layout (for the real study)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--cold-repeats", type=int, default=3)
     parser.add_argument("--load", type=int, default=2, help="extra busy processes for the contention runs")

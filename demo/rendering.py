@@ -34,7 +34,7 @@ SCALE_NAMES = {"region": "finding and region maps", "global": "global prompt map
 NEAR_UNIFORM = 1.5  # a map whose peak is below this many times uniform is called near-uniform
 MAX_ALPHA = 0.6
 DISPLAY_SIDE = 640  # overlays are drawn this wide; the X-ray fits in a DISPLAY_SIDE square
-FONT_PX, MARKER_PX = 14, 22
+FONT_PX, MARKER_PX = 16, 24
 BACKGROUND = 255
 # matplotlib's "turbo" at 33 evenly spaced points (interpolated: within 4/255 of the original).
 _TURBO = ("30123b 392a73 4040a2 4456c7 466be3 4680f6 4294ff 37a8fa 28bceb 1ccdd8 18ddc2 1fe9af 32f298 4ef97d "
