@@ -199,7 +199,8 @@ def end_to_end_table(trees: dict[str, Path], cases: dict, repeats: int, load: in
     if "baseline" in trees:
         new, old = results["this tree, 1 thread"], results["baseline, 1 thread"]
         print("| baseline / this tree | " + " | ".join(f"{old[n] / new[n]:.2f}x" for n in cases) + " |")
-    one, two = results[f"this tree, 1 thread, +{load} busy processes"], results[f"this tree, 2 threads, +{load} busy processes"]
+    one = results[f"this tree, 1 thread, +{load} busy processes"]
+    two = results[f"this tree, 2 threads, +{load} busy processes"]
     print(f"| 2 threads / 1 thread, +{load} busy | " + " | ".join(f"{two[n] / one[n]:.2f}x" for n in cases) + " |")
     quiet_one, quiet_two = results["this tree, 1 thread"], results["this tree, 2 threads"]
     print("| 2 threads / 1 thread | " + " | ".join(f"{quiet_two[n] / quiet_one[n]:.2f}x" for n in cases) + " |")

@@ -270,7 +270,7 @@ class ReferenceIndex:
         """Indices [B, n] (on the index's device) of the n smallest proxy scores; -1 where faiss found fewer."""
         searcher = self._searcher(metric, exact)
         x = x.cpu().double()
-        query_term = x.square().sum(-1, keepdim=True) if metric == "hyperbolic" else torch.zeros(len(x), 1, dtype=x.dtype)
+        query_term = x.square().sum(-1, keepdim=True) if metric == "hyperbolic" else x.new_zeros(len(x), 1)
         parts = [-query_term, -torch.ones_like(query_term), x] + ([] if exact else [torch.zeros_like(query_term)])
         augmented = np.ascontiguousarray(torch.cat(parts, 1).numpy(), np.float32)
         params = None if exact else faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, n))
