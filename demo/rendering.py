@@ -107,14 +107,13 @@ def _mark_sides(image: Image.Image) -> None:
 
 @cache
 def legend(kind: str) -> np.ndarray:
-    """The colour scale of one map kind, DISPLAY_SIDE wide, as the overlays blend it over mid-gray (cached)."""
+    """The colour scale of one map kind, DISPLAY_SIDE wide (rendered once per kind)."""
     top, margin, bar_height = SCALE_TOP[kind], 16, 14
-    caption = _text_block(f"Colour: attention / uniform on {SCALE_NAMES[kind]} (1x = no preference; log scale "
-                          f"to {top:g}x). R / L: the patient's right / left.")
+    caption = _text_block(f"Colour: attention / uniform on {SCALE_NAMES[kind]} (1x = no preference, transparent; "
+                          f"log scale to {top:g}x, more opaque as it rises). R / L on frontal views: the patient's "
+                          "right / left.")
     bar_width = DISPLAY_SIDE - 2 * margin
-    level = np.linspace(0.0, 1.0, bar_width)
-    alpha = (MAX_ALPHA * level)[:, None]
-    bar = (128 * (1 - alpha) + COLOURS[np.rint(level * 255).astype(np.uint8)] * alpha).round().astype(np.uint8)
+    bar = COLOURS[np.rint(np.linspace(0, 255, bar_width)).astype(np.uint8)]
     strip = Image.new("RGB", (DISPLAY_SIDE, caption.height + bar_height + FONT_PX + 8), (BACKGROUND,) * 3)
     strip.paste(caption, (0, 0))
     strip.paste(Image.fromarray(np.repeat(bar[None], bar_height, 0)), (margin, caption.height))
