@@ -54,18 +54,17 @@ for name, weights, paths in cases:
     except ImportError:
         pass
     def once():
+        start = time.perf_counter()
         done = service.generate(loaded, service.read_views(*paths), beams=loaded.model.config.num_beams,
                                 max_length=loaded.model.config.max_new_tokens)
         rendering.findings_table(done.report), rendering.references_table(done.report)
+        drawn = time.perf_counter()
         for _, index in rendering.heatmap_choices(done.report)[:GALLERY]:
             ui._render(done, index)
+        return time.perf_counter() - start, time.perf_counter() - drawn
     once()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
-    out[name] = 1000 * statistics.median(times)
+    runs = [once() for _ in range(repeats)]
+    out[name] = [1000 * statistics.median(r[i] for r in runs) for i in (0, 1)]
 print(json.dumps(out))
 """.replace("GALLERY", str(GALLERY))
 
@@ -158,7 +157,8 @@ def stages(cases: dict, repeats: int) -> None:
         print(f"| {part} | " + " | ".join(f"{r.get(part, 0):.0f}" for r in rows.values()) + " |")
 
 
-def end_to_end(tree: Path, cases: dict, repeats: int, threads: int) -> dict[str, float]:
+def end_to_end(tree: Path, cases: dict, repeats: int, threads: int) -> dict[str, list[float]]:
+    """Per case: [end-to-end ms, ms of the overlays alone], medians."""
     payload = json.dumps([[name, weights, paths] for name, (weights, paths) in cases.items()])
     done = subprocess.run([sys.executable, "-c", END_TO_END, payload, str(repeats), str(threads)], cwd=tree,
                           capture_output=True, text=True, check=True)
@@ -179,7 +179,7 @@ def busy(n: int):
 
 def end_to_end_table(trees: dict[str, Path], cases: dict, repeats: int, load: int) -> None:
     print(f"\n## End to end: read -> rendered outputs (ms, medians of {repeats}, fresh process each)\n")
-    runs: list[tuple[str, Callable[[], dict[str, float]]]] = []
+    runs: list[tuple[str, Callable[[], dict[str, list[float]]]]] = []
     for label, tree in trees.items():
         runs.append((f"{label}, 1 thread", lambda tree=tree: end_to_end(tree, cases, repeats, 1)))
     runs.append(("this tree, 2 threads", lambda: end_to_end(REPO, cases, repeats, 2)))
@@ -193,17 +193,20 @@ def end_to_end_table(trees: dict[str, Path], cases: dict, repeats: int, load: in
         before = os.getloadavg()[0]
         results[label] = run()
         print(f"({label}: load average {before:.1f} before)", flush=True)
-    print("\n| configuration | " + " | ".join(cases) + " |\n| --- |" + " --- |" * len(cases))
+    print("\n| configuration | " + " | ".join(f"{n}: end to end | {n}: {GALLERY} overlays" for n in cases)
+          + " |\n| --- |" + " --- | --- |" * len(cases))
     for label, ms in results.items():
-        print(f"| {label} | " + " | ".join(f"{ms[name]:.0f}" for name in cases) + " |")
+        print(f"| {label} | " + " | ".join(f"{ms[n][0]:.0f} | {ms[n][1]:.0f}" for n in cases) + " |")
+
+    def ratio(label: str, slow: str, fast: str) -> None:
+        a, b = results[slow], results[fast]
+        print(f"| {label} | " + " | ".join(f"{a[n][0] / b[n][0]:.2f}x | {a[n][1] / b[n][1]:.2f}x" for n in cases) + " |")
+
     if "baseline" in trees:
-        new, old = results["this tree, 1 thread"], results["baseline, 1 thread"]
-        print("| baseline / this tree | " + " | ".join(f"{old[n] / new[n]:.2f}x" for n in cases) + " |")
-    one = results[f"this tree, 1 thread, +{load} busy processes"]
-    two = results[f"this tree, 2 threads, +{load} busy processes"]
-    print(f"| 2 threads / 1 thread, +{load} busy | " + " | ".join(f"{two[n] / one[n]:.2f}x" for n in cases) + " |")
-    quiet_one, quiet_two = results["this tree, 1 thread"], results["this tree, 2 threads"]
-    print("| 2 threads / 1 thread | " + " | ".join(f"{quiet_two[n] / quiet_one[n]:.2f}x" for n in cases) + " |")
+        ratio("baseline / this tree", "baseline, 1 thread", "this tree, 1 thread")
+    ratio(f"2 threads / 1 thread, +{load} busy", f"this tree, 2 threads, +{load} busy processes",
+          f"this tree, 1 thread, +{load} busy processes")
+    ratio("2 threads / 1 thread", "this tree, 2 threads", "this tree, 1 thread")
 
 
 def free_port() -> int:
