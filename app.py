@@ -1,18 +1,25 @@
 """Start the REVTAF demo (also the Hugging Face Spaces entry point).
 
     python app.py [--weights ORG/REPO[@REVISION] | FOLDER] [--reference-data DIR]
-                  [--host 127.0.0.1] [--port 7860] [--share]
+                  [--host 127.0.0.1] [--port 7860] [--share] [--auth USER:PASS]
+                  [--allowed-hosts NAME,...] [--queue-size N]
 
 Each option has an environment equivalent (RRG_WEIGHTS, RRG_REFERENCE_DATA, GRADIO_SERVER_NAME,
-GRADIO_SERVER_PORT); Spaces sets the last two. Weights that cannot be had stop the start with one
+GRADIO_SERVER_PORT, RRG_AUTH, RRG_ALLOWED_HOSTS, RRG_QUEUE_SIZE); Spaces sets the server name and
+port, and its SPACE_HOST is an allowed host. Weights that cannot be had stop the start with one
 sentence on stderr and exit code 2: serving other weights than the ones asked for would be worse.
 The page answers as soon as Gradio serves it and says "Loading the model" until torch,
-transformers and the weights are loaded in the background (requests wait for them).
+transformers and the weights are loaded behind it (requests wait for them).
+
+All files live in a private folder of this run (demo.storage): leftovers of earlier runs are
+deleted first, and this run's folder on exit, SIGTERM (a container stop) and SIGINT alike.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import signal
 import sys
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported anywhere
@@ -32,28 +39,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=env("GRADIO_SERVER_PORT", "7860"),
                         help="port (env GRADIO_SERVER_PORT; default 7860)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    parser.add_argument("--auth", default=env("RRG_AUTH"), metavar="USER:PASS", type=_credentials,
+                        help="ask for this user name and password (env RRG_AUTH); use it whenever --host is not "
+                             "127.0.0.1")
+    parser.add_argument("--allowed-hosts", default=env("RRG_ALLOWED_HOSTS", ""), metavar="NAME,...",
+                        help="host names clients may use besides the bound host, e.g. a proxy's name "
+                             "(env RRG_ALLOWED_HOSTS)")
+    parser.add_argument("--queue-size", type=int, default=env("RRG_QUEUE_SIZE", "128"),
+                        help="requests that may wait; more are told to retry later (env RRG_QUEUE_SIZE; default 128)")
     return parser.parse_args(argv)
+
+
+def _credentials(value: str) -> tuple[str, str]:
+    user, colon, password = value.partition(":")
+    if not (user and colon and password):
+        raise argparse.ArgumentTypeError("give USER:PASS, both non-empty")
+    return user, password
+
+
+def _stop(signum: int, frame) -> None:
+    raise KeyboardInterrupt  # Gradio closes its server on it; main's finally deletes the files
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from demo import service, ui
+    from demo import service, storage  # no gradio yet: a bad weights folder is refused before its slow import
 
     try:
         loading = service.Loading(args.weights, args.reference_data)  # locates the weights; no torch yet
     except service.STARTUP_ERRORS as err:
         print(f"app.py: cannot start: {err}", file=sys.stderr)
         return 2
-    page = ui.build(loading)
-    # The page answers first; torch, transformers and the weights load behind it (it says so).
-    ui.launch(page, host=args.host, port=args.port, share=args.share, prevent_thread_lock=True)
+    files = storage.RunFolder()  # deletes what earlier runs left
+    os.environ["GRADIO_TEMP_DIR"] = str(files.uploads)  # before gradio is imported
+    atexit.register(files.purge)  # again at exit: a worker thread may still have written a file
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
+    from demo import guard, ui
+
+    if args.auth is None and not guard.is_loopback(args.host):
+        print(f"app.py: warning: serving on {args.host} without --auth: anyone who can reach it may use it",
+              file=sys.stderr)
     try:
-        loading.start().result()
+        page, busy = ui.build(loading, files, queue_size=args.queue_size)
+        extra = [*args.allowed_hosts.split(","), os.environ.get("SPACE_HOST", "")]
+        ui.launch(page, busy, host=args.host, port=args.port, share=args.share, auth=args.auth, allowed_hosts=extra,
+                  served=lambda: loading.start().result())  # the page answers first; the model loads behind it
     except service.STARTUP_ERRORS as err:
-        page.close()
         print(f"app.py: cannot start: {err}", file=sys.stderr)
         return 2
-    page.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        files.purge()
     return 0
 
 

@@ -40,6 +40,7 @@ GALLERY = 4  # overlays the page renders after each report (demo.ui.GALLERY_SIZE
 # Run in a fresh process by section 2, in this tree or the baseline's (the demo's calls exist in both).
 END_TO_END = r"""
 import json, os, statistics, sys, time
+from pathlib import Path
 sys.path.insert(0, os.getcwd())
 import torch
 from demo import rendering, service, ui
@@ -53,14 +54,17 @@ for name, weights, paths in cases:
         faiss.omp_set_num_threads(threads)
     except ImportError:
         pass
+    frontal, lateral = (paths + [None])[:2]
     def once():
         start = time.perf_counter()
-        done = service.generate(loaded, service.read_views(*paths), beams=loaded.model.config.num_beams,
+        views = service.read_views(frontal, lateral, lambda path: Path(path).read_bytes())
+        done = service.generate(loaded, views, beams=loaded.model.config.num_beams,
                                 max_length=loaded.model.config.max_new_tokens)
+        shown = service.evidence(done)
         rendering.findings_table(done.report), rendering.references_table(done.report)
         drawn = time.perf_counter()
-        for _, index in rendering.heatmap_choices(done.report)[:GALLERY]:
-            ui._render(done, index)
+        for _, index in rendering.heatmap_choices(shown.report)[:GALLERY]:
+            ui._render(shown, index)
         return time.perf_counter() - start, time.perf_counter() - drawn
     once()
     runs = [once() for _ in range(repeats)]
@@ -121,8 +125,9 @@ def stages(cases: dict, repeats: int) -> None:
     for name, (weights, paths) in cases.items():
         loaded = service.load(weights)
         model, watch = loaded.model, Stopwatch()
+        frontal, lateral = (paths + [None])[:2]
         watch.hook(model.visual, "visual encoder")
-        watch.hook(model.text, "text encoder (prompts)")
+        watch.hook(model.text, "text encoder")
         watch.wrap(model.index, "search", "retrieval search")
         watch.wrap(model.decoder, "generate", "decoder generate")
         watch.wrap(rrg_core.model, "upsample_maps", "map upsampling")
@@ -131,26 +136,27 @@ def stages(cases: dict, repeats: int) -> None:
             watch.seconds.clear()
             with watch.part("end to end"):
                 with watch.part("read"):
-                    views = service.read_views(*paths)
+                    views = service.read_views(frontal, lateral, lambda path: Path(path).read_bytes())
                 with watch.part("model"):
                     done = service.generate(loaded, views, beams=model.config.num_beams,
                                             max_length=model.config.max_new_tokens)
-                with watch.part("tables"):
+                with watch.part("session copy and tables"):
+                    shown = service.evidence(done)
                     rendering.findings_table(done.report), rendering.references_table(done.report)
-                    choices = rendering.heatmap_choices(done.report)
+                    choices = rendering.heatmap_choices(shown.report)
                 with watch.part(f"{GALLERY} overlays"):
                     for _, index in choices[:GALLERY]:
-                        ui._render(done, index)
+                        ui._render(shown, index)
             return dict(watch.seconds)
 
         request()
         runs = [request() for _ in range(repeats)]
         medians = {part: 1000 * statistics.median(run[part] for run in runs) for part in runs[0]}
-        inner = ("visual encoder", "text encoder (prompts)", "retrieval search", "decoder generate", "map upsampling")
-        medians["rest of the model (MPSA, LRE, diagnosis)"] = medians["model"] - sum(medians.get(p, 0) for p in inner)
+        inner = ("visual encoder", "text encoder", "retrieval search", "decoder generate", "map upsampling")
+        medians["rest of the model (MPSA, LRE, diagnosis, faithful drafts)"] = medians["model"] - sum(medians.get(p, 0) for p in inner)
         rows[name] = medians
-    order = ["read", "visual encoder", "text encoder (prompts)", "retrieval search",
-             "rest of the model (MPSA, LRE, diagnosis)", "decoder generate", "map upsampling", "tables",
+    order = ["read", "visual encoder", "text encoder", "retrieval search",
+             "rest of the model (MPSA, LRE, diagnosis, faithful drafts)", "decoder generate", "map upsampling", "session copy and tables",
              f"{GALLERY} overlays", "end to end"]
     print("| stage | " + " | ".join(rows) + " |\n| --- |" + " --- |" * len(rows))
     for part in order:

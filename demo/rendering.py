@@ -23,10 +23,15 @@ from rrg_core.outputs import AttentionMap, Report
 from rrg_core.xray_io import XRay, to_uint8
 
 VIEW_NAMES: tuple[str, ...] = ("frontal", "lateral")
-FINDINGS_HEADERS = ["Finding", "Predicted state", "Group", "P(pos.)", "P(unc.)", "P(neg.)", "P(not mentioned)",
-                    "Map side (patient R / L)"]
+FINDINGS_HEADERS = ["Finding", "State (editable)", "Group", "P(pos.)", "P(unc.)", "P(neg.)", "P(not mentioned)",
+                    "Map side (patient R / L)", "Decided by"]
+STATE_COLUMN = 1
+# What a reader may type in the state column (any unambiguous start of a word, any case).
+_STATE_WORDS = {"positive": "positive", "negative": "negative", "uncertain": "uncertain",
+                "blank": "blank", "not mentioned": "blank", "none": "blank"}
 # Relative widths of the columns that need more room than a number; any other column gets 1.
-WIDE_COLUMNS = {"Finding": 2.2, "Predicted state": 1.4, "P(not mentioned)": 1.3, "Map side (patient R / L)": 1.6}
+WIDE_COLUMNS = {"Finding": 2.2, "State (editable)": 1.4, "P(not mentioned)": 1.3, "Map side (patient R / L)": 1.6,
+                "Decided by": 1.6}
 # Top of each map kind's colour scale, in multiples of uniform attention. Measured peaks: region
 # maps of the SynthCXR weights 2-34x, of the IU X-Ray weights 1.1-2.5x; global maps of both 1.0x.
 SCALE_TOP = {"region": 32.0, "global": 8.0}
@@ -186,9 +191,28 @@ def findings_table(report: Report) -> list[list]:
             round(row["p_negative"], 3),
             round(row["p_not_mentioned"], 3),
             _sides(row["map_right_share"]),
+            row["decision_rule"] or "",
         ]
         for row in report.findings()
     ]
+
+
+def edited_states(report: Report, rows: Sequence[Sequence]) -> dict[str, str]:
+    """The reader's overrides after editing the findings table: the report's earlier overrides
+    plus every row whose state cell now differs from the state shown. Raises ValueError with a
+    sentence for a cell that names no state."""
+    shown = {name: STATE_NAMES[state] for name, state in zip(OBSERVATIONS, report.states)}
+    overrides = dict(report.overrides)
+    for row in rows:
+        name, cell = str(row[0]), str(row[STATE_COLUMN]).strip().lower()
+        if name not in shown or cell == shown[name]:
+            continue
+        matches = {state for word, state in _STATE_WORDS.items() if cell and word.startswith(cell)}
+        if len(matches) != 1:
+            raise ValueError(f"{name}: “{row[STATE_COLUMN]}” is not a state; type positive, negative, uncertain "
+                             "or blank")
+        overrides[name] = matches.pop()
+    return overrides
 
 
 def _sides(right: float | None) -> str:

@@ -1,33 +1,43 @@
-"""Thin glue between the page and :mod:`rrg_core`: which weights to load, one request, and the
-temporary files a request leaves behind.
+"""Thin glue between the page and :mod:`rrg_core`: which weights to load, one request, what a
+session keeps of it, and the temporary files a request leaves behind.
 
 Nothing here knows about Gradio, so the same calls serve the UI, the API endpoint and the tests.
-Nothing identifying is kept: file names are not recorded, and the download files written here
-are deleted once they are older than ``OUTBOX_MAX_AGE_S`` (Gradio has copied them into its own
-cache by then, which ``delete_cache`` on the page empties) and when the process exits.
+Nothing identifying is kept: file names are not recorded, a session keeps only 8-bit display
+copies and small heatmaps (:class:`Evidence`, a few MB), and the download files written here are
+deleted once they are older than ``OUTBOX_MAX_AGE_S`` (Gradio has copied them into its own cache
+by then, which ``delete_cache`` on the page empties) and with the run's folder at exit.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from huggingface_hub import ModelCard
+from PIL import Image
 
 from rrg_core.config import REVTAFConfig
 from rrg_core.datasets import report_texts
 from rrg_core.hub import DEFAULT_WEIGHTS, WeightsUnavailable, resolve_weights
-from rrg_core.outputs import Report
-from rrg_core.xray_io import UnreadableImage, XRay, read_xray
+from rrg_core.outputs import AttentionMap, Report, strict_json
+from rrg_core.xray_io import UnreadableImage, XRay, read_xray, to_uint8
+
+from . import rendering
 
 if TYPE_CHECKING:  # torch and transformers load in the background (Loading), after the page answers
     from rrg_core.model import REVTAF
@@ -35,10 +45,12 @@ if TYPE_CHECKING:  # torch and transformers load in the background (Loading), af
 DISCLAIMER = "Research use only — not for diagnosis."
 OUTBOX_MAX_AGE_S = 120
 CARD_CHARS = 400
-MAP_SIDE = 1024  # heatmaps are drawn over the X-ray at most this large: no need for full resolution
+DISPLAY_SIDE = 1024  # a session keeps 8-bit copies of the views at most this large
+SESSION_MAP_SIDE = 128  # and its heatmaps this large (smooth maps on a 20 x 20 grid: drawn upscaled)
+BEAMS = (1, 6)  # the page's and the API's ranges of the decoding options
+MAX_LENGTHS = (10, 200)
 # CPU threads for torch and faiss on the request path. On a shared 2-core machine under load,
-# 2 threads made one report several times slower than 1; when idle they gained little
-# (benchmarks/bench_pipeline.py measures both).
+# 2 threads made one report 15-20x slower than 1 (benchmarks/bench_pipeline.py measures both).
 REQUEST_THREADS = 1
 # What can go wrong while loading weights and reference data; each carries one clear sentence.
 STARTUP_ERRORS = (WeightsUnavailable, ValueError, FileNotFoundError)
@@ -59,7 +71,7 @@ EMERGENT_MAPS = (
     "than the finding."
 )
 NO_FRONTAL = "Upload a frontal chest X-ray first (PNG, JPEG or DICOM)."
-EXPIRED = "The uploaded file is no longer on the server (uploads are deleted after a few minutes); upload it again."
+EXPIRED = "The uploaded file is no longer on the server (uploads are kept only while they are used); upload it again."
 
 
 @dataclass
@@ -75,13 +87,28 @@ class LoadedModel:
 
 @dataclass
 class Result:
-    """One generated report with the views it was read from."""
+    """One generated report with the views it was read from (held only during the request)."""
 
     report: Report
     views: list[XRay]
     weights_id: str
     generated_at: str  # ISO 8601, UTC
     notes: list[str]  # how the uploaded views were used
+
+
+@dataclass
+class Evidence:
+    """What a browser session keeps of a result for the page: the report with its heatmaps shrunk
+    to ``SESSION_MAP_SIDE`` (float16), 8-bit display copies of the views, and the export summary
+    made from the full-size maps. A few MB, where the decoded film and full maps were 170 MB."""
+
+    report: Report
+    summary: dict[str, Any]  # Report.to_dict() of the full result
+    displays: list[np.ndarray]  # uint8 H x W per view, at most DISPLAY_SIDE
+    info: str  # markdown: format, size, safe metadata and the reader's notes per view
+    weights_id: str
+    generated_at: str
+    notes: list[str]
 
 
 class Loading:
@@ -179,25 +206,44 @@ def _training_data(paragraphs: list[str]) -> str | None:
     return None
 
 
-def read_views(frontal: str | os.PathLike | None, lateral: str | os.PathLike | None = None) -> list[XRay]:
-    """The uploaded views, frontal first; UnreadableImage names the view that failed."""
+def read_views(frontal: str | None, lateral: str | None, fetch: Callable[[str], bytes | None]) -> list[XRay]:
+    """The uploaded views, frontal first: ``frontal`` and ``lateral`` name the uploads (None: not
+    given) and ``fetch`` returns their bytes (None: gone). UnreadableImage names the view that failed."""
     if not frontal:
         raise UnreadableImage(NO_FRONTAL)
-    return [read_view(frontal, "Frontal"), *([read_view(lateral, "Lateral")] if lateral else [])]
+    return [read_view(fetch(frontal), "Frontal"), *([read_view(fetch(lateral), "Lateral")] if lateral else [])]
 
 
-def read_view(path: str | os.PathLike, name: str) -> XRay:
-    """One uploaded view; the refusal starts with the view's ``name``."""
-    if not Path(path).exists():
+def read_view(data: bytes | None, name: str) -> XRay:
+    """One uploaded view from its bytes (None: the upload is gone); the refusal starts with ``name``."""
+    if data is None:
         raise UnreadableImage(EXPIRED)
     try:
-        return read_xray(path)
+        return read_xray(data)
     except UnreadableImage as err:
         raise UnreadableImage(f"{name} view: {err}") from err
 
 
-def generate(loaded: LoadedModel, views: list[XRay], *, beams: int, max_length: int) -> Result:
-    """Draft a report for one study (1 or 2 views)."""
+def option_errors(beams: Any, max_length: Any) -> tuple[str | None, str | None]:
+    """A sentence for each decoding option outside its range (API clients send anything)."""
+    return (_range_error("Beam size", beams, BEAMS), _range_error("Maximum length (tokens)", max_length, MAX_LENGTHS))
+
+
+def _range_error(name: str, value: Any, bounds: tuple[int, int]) -> str | None:
+    whole = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value == int(value)
+    if whole and bounds[0] <= value <= bounds[1]:
+        return None
+    return f"{name} must be a whole number from {bounds[0]} to {bounds[1]}; got {value!r}."
+
+
+def generate(
+    loaded: LoadedModel, views: list[XRay], *, beams: int, max_length: int, overrides: dict[str, str] | None = None
+) -> Result:
+    """Draft a report for one study (1 or 2 views); heatmaps at most MAX_MAP_SIDE large.
+    ``overrides`` (observation -> state name) are the reader's changes to the findings, which the
+    draft then follows."""
+    from rrg_core.preprocessing import MAX_MAP_SIDE  # torch is loaded by now
+
     n_views = loaded.model.config.n_views
     notes = []
     if len(views) > n_views:
@@ -205,44 +251,79 @@ def generate(loaded: LoadedModel, views: list[XRay], *, beams: int, max_length: 
     elif len(views) < n_views:
         notes.append("These weights read two views: the frontal view was read for both.")
     report = loaded.model.generate_from_xrays(
-        [views], num_beams=int(beams), max_new_tokens=int(max_length), max_map_side=MAP_SIDE
+        [views], num_beams=int(beams), max_new_tokens=int(max_length), max_map_side=MAX_MAP_SIDE,
+        states=[overrides]
     )[0]
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return Result(report, views, loaded.weights_id, stamp, notes)
 
 
-def export_payload(result: Result, text: str) -> dict[str, Any]:
+def evidence(result: Result) -> Evidence:
+    """What a session keeps of ``result`` (see :class:`Evidence`)."""
+    maps = [dataclasses.replace(m, heatmap=_shrink_map(m.heatmap)) for m in result.report.attention]
+    return Evidence(
+        report=dataclasses.replace(result.report, attention=maps),
+        summary=result.report.to_dict(),
+        displays=[display_copy(v.pixels) for v in result.views],
+        info=rendering.xray_info(result.views),
+        weights_id=result.weights_id,
+        generated_at=result.generated_at,
+        notes=result.notes,
+    )
+
+
+def _scaled(shape: tuple[int, ...], side: int) -> tuple[int, int]:
+    """(width, height) of an image of ``shape`` scaled down to at most ``side`` (PIL's order)."""
+    scale = min(1.0, side / max(shape))
+    return max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale))
+
+
+def display_copy(pixels: np.ndarray) -> np.ndarray:
+    """An 8-bit copy of an X-ray's pixels, at most DISPLAY_SIDE large (what the page shows)."""
+    image = Image.fromarray(to_uint8(pixels))
+    return np.asarray(image.resize(_scaled(pixels.shape, DISPLAY_SIDE), Image.Resampling.BILINEAR))
+
+
+def _shrink_map(heatmap: np.ndarray) -> np.ndarray:
+    small = np.asarray(Image.fromarray(heatmap.astype(np.float32), mode="F").resize(
+        _scaled(heatmap.shape, SESSION_MAP_SIDE), Image.Resampling.BILINEAR))
+    return (small / max(float(small.sum()), 1e-12)).astype(np.float16)  # still sums to 1
+
+
+def display_pixels(shown: Evidence, amap: AttentionMap) -> np.ndarray:
+    """The display copy (float in [0, 1]) of the view a map belongs to; a one-view study stands in for both."""
+    return shown.displays[min(amap.view, len(shown.displays) - 1)].astype(np.float32) / 255
+
+
+def export_payload(shown: Evidence, text: str) -> dict[str, Any]:
     """The .json download: the (possibly edited) report, the draft, findings, references, provenance."""
     return {
-        **result.report.to_dict(),
+        **shown.summary,
         "report": text,
-        "draft": result.report.text,
-        "edited": text != result.report.text,
-        "weights": result.weights_id,
-        "generated_at": result.generated_at,
+        "draft": shown.report.text,
+        "edited": text != shown.report.text,
+        "weights": shown.weights_id,
+        "generated_at": shown.generated_at,
         "notice": DISCLAIMER,
     }
 
 
 class Outbox:
-    """A private temporary folder for download files, pruned by age and removed at exit."""
+    """A private folder for download files (in the run's folder, see demo.storage), pruned by age."""
 
-    def __init__(self, max_age_s: float = OUTBOX_MAX_AGE_S) -> None:
-        self._root = tempfile.TemporaryDirectory(prefix="rrg-demo-")  # its finalizer removes it at exit
+    def __init__(self, root: Path, max_age_s: float = OUTBOX_MAX_AGE_S) -> None:
+        self.root = Path(root)
         self.max_age_s = max_age_s
 
-    @property
-    def root(self) -> Path:
-        return Path(self._root.name)
-
-    def export(self, result: Result, text: str) -> tuple[Path, Path]:
+    def export(self, result: Evidence, text: str) -> tuple[Path, Path]:
         """Write the .txt and .json downloads of one report; returns their paths."""
         self.prune()
         folder = Path(tempfile.mkdtemp(dir=self.root))
         stem = "rrg-report-" + result.generated_at.replace(":", "").replace("+0000", "Z")
         txt, js = folder / f"{stem}.txt", folder / f"{stem}.json"
         txt.write_text(f"{DISCLAIMER} Weights: {result.weights_id}. Generated {result.generated_at}.\n\n{text}\n", "utf-8")
-        js.write_text(json.dumps(export_payload(result, text), indent=2, ensure_ascii=False), "utf-8")
+        js.write_text(json.dumps(strict_json(export_payload(result, text)), indent=2, ensure_ascii=False, allow_nan=False),
+                      "utf-8")
         return txt, js
 
     def prune(self) -> None:
@@ -255,3 +336,26 @@ class Outbox:
                 continue
             if expired:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+class Pace:
+    """Mean seconds per generation (an exponential average): how long a refused client should wait."""
+
+    def __init__(self, first_guess_s: float = 5.0, weight: float = 0.2) -> None:
+        self.seconds, self.weight = first_guess_s, weight
+        self._lock = threading.Lock()
+
+    def record(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds += self.weight * (seconds - self.seconds)
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the system. glibc keeps them otherwise, so a server's memory
+    stays at the peak of its last burst; elsewhere (no malloc_trim) this does nothing."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

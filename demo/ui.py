@@ -2,31 +2,45 @@
 :mod:`demo.service` (running a request) and :mod:`demo.rendering` (figures and tables).
 
 Events:
-- upload / clear of either view: show the X-ray as read (or why it cannot be read) and clear the
+- upload / clear of either view: read the upload (the file is deleted as soon as it is read; its
+  bytes stay in the session), show the X-ray as read (or why it cannot be read) and clear the
   previous study's results, so a report is never shown beside an image it was not made from;
-- Generate (also the public API endpoint ``/generate``): first a validator reads the uploads, so a
-  file that cannot be read is refused with its sentence on its own input (and to API clients as a
-  ValidationError) before the queue; then report, findings, references, downloads; then, for the
-  page only, the image as the model saw it and the attention maps;
-- choosing a map; editing the report (the downloads follow the edited text).
+- Generate: first a validator checks the views and options, so a file that cannot be read or an
+  option out of range is refused with its sentence on its own input before the queue; then
+  report, findings, references, downloads; then the image as the model saw it and the maps;
+- the public API endpoint ``/generate`` (same inputs and outputs, on a hidden trigger): its
+  validator takes the uploads off the disk, its run takes their bytes; it keeps no session state;
+- choosing a map; editing the report (the downloads follow the edited text); closing the tab
+  drops the session's state at once.
+
+Generation runs one request at a time in one queue of ``QUEUE_SIZE``: a burst of 100 studies
+waits its turn; beyond that a request is refused at once with "busy, retry in about N s" and a
+Retry-After header (:mod:`demo.guard`), never dropped silently.
 """
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
-from rrg_core.xray_io import UnreadableImage, to_uint8
+from rrg_core.xray_io import UnreadableImage
 
-from . import rendering, service
+from . import guard, rendering, service, storage
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 # The upload boxes take any file: DICOM from a PACS often has no extension (read_xray tells the
 # formats apart by content and explains any file it cannot read), so Gradio must not filter by name.
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 CONCURRENCY_LIMIT = 1  # one generation at a time: a second would only halve the speed of both on a CPU
-QUEUE_SIZE = 32
-CACHE_AGE_S = 600  # uploads, rendered images and downloads are deleted from Gradio's cache after this
+QUEUE_SIZE = 128  # a burst of 100 studies (and the page's small events) waits; waiting costs no memory
+SESSION_TTL_S = 600  # a session's uploads and result are dropped 10 minutes after they were made
+SESSION_CAP = 200  # sessions held at most (the oldest is dropped first): a few MB each
+CACHE_AGE_S = 600  # rendered images and downloads are deleted from Gradio's cache after this
 GALLERY_SIZE = 4
 MAX_UPLOAD = "200mb"  # a 50-megapixel 16-bit DICOM (read_xray's limit) is 100 MB
 VALID = gr.validate(True, "")
@@ -37,18 +51,23 @@ CSS = """
 """
 
 
-def build(loading: service.Loading) -> gr.Blocks:
-    """The whole page for one model: served at once, usable once ``loading`` has the model (the page
-    says so meanwhile, and requests wait for it)."""
-    outbox = service.Outbox()
+def build(loading: service.Loading, files: storage.RunFolder, queue_size: int = QUEUE_SIZE
+          ) -> tuple[gr.Blocks, Callable[[], tuple[int, int]]]:
+    """The whole page for one model, and what to tell a client the queue refuses: () -> (requests
+    waiting, seconds to wait). The page is served at once and usable once ``loading`` has the
+    model (it says so meanwhile, and requests wait for it)."""
+    outbox = service.Outbox(files.outbox)
+    uploads = storage.Uploads(files.uploads, keep=_example_files())
+    pace = service.Pace()
     config = loading.config
 
     with gr.Blocks(title="REVTAF chest X-ray report draft", delete_cache=(60, CACHE_AGE_S)) as page:
-        result = gr.State(None, time_to_live=CACHE_AGE_S)
+        held = gr.State({}, time_to_live=SESSION_TTL_S)  # this session's uploads: path -> bytes
+        result = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=_released)  # service.Evidence
         gr.Markdown("# Chest X-ray report draft (REVTAF)")
         gr.Markdown(
             f"⚠️ {service.DISCLAIMER} The draft is machine-generated and must be checked by a radiologist; "
-            f"uploads are deleted from the server within {CACHE_AGE_S // 60} minutes.",
+            "uploads are deleted from the server as soon as they are read.",
             elem_id="notice",
         )
         gr.Markdown(f"**Weights:** `{loading.weights_id}` — {loading.card}", elem_id="weights")
@@ -59,9 +78,11 @@ def build(loading: service.Loading) -> gr.Blocks:
                 frontal = gr.File(label="Frontal view (PA/AP): PNG, JPEG or DICOM", height=120, elem_id="frontal")
                 lateral = gr.File(label="Lateral view (optional)", height=120, elem_id="lateral")
                 with gr.Accordion("Decoding options", open=False):
-                    beams = gr.Slider(1, 6, value=config.num_beams, step=1, label="Beam size")
-                    max_length = gr.Slider(10, 200, value=config.max_new_tokens, step=5, label="Maximum length (tokens)")
+                    beams = gr.Slider(*service.BEAMS, value=config.num_beams, step=1, label="Beam size")
+                    max_length = gr.Slider(*service.MAX_LENGTHS, value=config.max_new_tokens, step=5,
+                                           label="Maximum length (tokens)")
                 generate_button = gr.Button(LOADING, variant="primary", interactive=False)
+                api_trigger = gr.Button(visible=False)  # the API endpoint's own event
                 _examples(frontal)
                 seen = gr.Image(label="The X-ray as the model saw it (after windowing)", type="numpy",
                                 image_mode="L", format="png", interactive=False, height=360)
@@ -72,8 +93,17 @@ def build(loading: service.Loading) -> gr.Blocks:
                     txt_button = gr.DownloadButton("Download .txt", interactive=False, size="md")
                     json_button = gr.DownloadButton("Download .json", interactive=False, size="md")
                 findings = gr.Dataframe(headers=rendering.FINDINGS_HEADERS, label="Per-finding probabilities",
-                                        interactive=False, max_height=420, wrap=True, elem_id="findings",
-                                        column_widths=rendering.column_widths(rendering.FINDINGS_HEADERS))
+                                        interactive=True, type="array", max_height=420, wrap=True, elem_id="findings",
+                                        column_widths=rendering.column_widths(rendering.FINDINGS_HEADERS),
+                                        static_columns=[i for i in range(len(rendering.FINDINGS_HEADERS))
+                                                        if i != rendering.STATE_COLUMN])
+                gr.Markdown("The draft states every positive finding and no finding the table does not call positive "
+                            "or uncertain, on the side its map shows. To overrule a finding, type *positive*, "
+                            "*negative*, *uncertain* or *blank* in its state cell and press **Redraft**.",
+                            elem_id="findings-help")
+                with gr.Row():
+                    redraft_button = gr.Button("Redraft with these findings", size="md", elem_id="redraft")
+                    reset_button = gr.Button("Back to the model's findings", size="md", elem_id="reset-findings")
 
         gr.Markdown("## Retrieved reference reports")
         texts_note = gr.Markdown(visible=False)
@@ -92,52 +122,107 @@ def build(loading: service.Loading) -> gr.Blocks:
                 gallery = gr.Gallery(label="Top maps", columns=2, height=520, object_fit="contain")
         gr.Markdown(f"*{service.DISCLAIMER}* Not a medical device.")
 
-        def preview(frontal_path, lateral_path):
-            if not (frontal_path or lateral_path):
-                return None, ""
+        # File inputs arrive unprocessed (preprocess=False): Gradio's own step would re-read a file
+        # already deleted and leave an empty temp file behind per input.
+        def preview(frontal, lateral, held):
+            names = (_path(frontal), _path(lateral))
+            held = {name: held.get(name) or uploads.claim(name) for name in names if name}
+            if not held:
+                return None, "", held
             try:
-                views = service.read_views(frontal_path, lateral_path)
+                views = service.read_views(*names, held.get)
             except UnreadableImage as err:
-                return None, f"⚠️ **{err}**"
-            return to_uint8(views[0].pixels), rendering.xray_info(views)
+                return None, f"⚠️ **{err}**", held
+            return service.display_copy(views[0].pixels), rendering.xray_info(views), held
 
         def clear():
             return ("", [], [], gr.DownloadButton(value=None, interactive=False),
                     gr.DownloadButton(value=None, interactive=False), gr.Dropdown(choices=[], value=None), None, [], None)
 
-        def generate(frontal, lateral, beams, max_length, progress=gr.Progress()):
-            """Draft a report for one chest X-ray (frontal view, optional lateral view)."""
+        def draft(views, beams, max_length) -> tuple:
+            """Report, findings, references, downloads and the session's Evidence; the full result
+            (decoded film, full-size maps) is dropped before the handler returns."""
+            started = time.monotonic()
+            done = service.generate(loading.result(), views, beams=beams, max_length=max_length)
+            shown = service.evidence(done)
+            txt, js = outbox.export(shown, shown.report.text)
+            out = (done.report.text, rendering.findings_table(done.report), rendering.references_table(done.report),
+                   txt, js, shown)
+            pace.record(time.monotonic() - started)
+            return out
+
+        def generate_on_page(frontal, lateral, beams, max_length, held, progress=gr.Progress()):
             progress(0.05, desc="Reading the X-ray")
             try:
-                views = service.read_views(frontal, lateral)
+                views = service.read_views(_path(frontal), _path(lateral), held.get)
             except UnreadableImage as err:
                 raise gr.Error(str(err), print_exception=False) from None
             progress(0.2, desc="Generating the report")
-            done = service.generate(loading.result(), views, beams=beams, max_length=max_length)
-            progress(0.9, desc="Preparing the evidence")
-            txt, js = outbox.export(done, done.report.text)
-            report = done.report
-            return report.text, rendering.findings_table(report), rendering.references_table(report), txt, js, done
+            out = draft(views, beams, max_length)
+            del views
+            service.release_memory()
+            return out
 
-        def check_views(frontal, lateral, beams, max_length):
-            return [_validity(frontal, "Frontal", required=True), _validity(lateral, "Lateral"), VALID, VALID]
+        def generate(frontal, lateral, beams, max_length):
+            """Draft a report for one chest X-ray (frontal view, optional lateral view)."""
+            try:
+                views = service.read_views(_path(frontal), _path(lateral), uploads.claim)
+            except UnreadableImage as err:
+                raise gr.Error(str(err), print_exception=False) from None
+            out = draft(views, beams, max_length)[:-1]
+            del views
+            service.release_memory()
+            return out
 
-        def show_evidence(done: service.Result):
-            choices = rendering.heatmap_choices(done.report)
-            maps = [(_render(done, index), label) for label, index in choices[:GALLERY_SIZE]]
-            info = "\n\n".join([rendering.xray_info(done.views), *(f"*{note}*" for note in done.notes)])
+        def redraft(frontal, lateral, held, shown, table, beams, max_length, reset: bool = False):
+            """The same study drafted again from the reader's findings; image, maps and references stay."""
+            if shown is None:
+                raise gr.Error("Generate a report first.", print_exception=False)
+            rows = table.get("data", []) if isinstance(table, dict) else table  # unprocessed: Gradio's payload
+            try:
+                overrides = {} if reset else rendering.edited_states(shown.report, rows)
+                views = service.read_views(_path(frontal), _path(lateral), held.get)
+            except ValueError as err:  # a cell that names no state, or the upload expired
+                raise gr.Error(str(err), print_exception=False) from None
+            again = service.evidence(service.generate(loading.result(), views, beams=beams, max_length=max_length,
+                                                      overrides=overrides))
+            del views
+            service.release_memory()
+            txt, js = outbox.export(again, again.report.text)
+            return again.report.text, rendering.findings_table(again.report), txt, js, again
+
+        def check_page(frontal, lateral, beams, max_length, held):
+            return [*_view_checks(frontal, lateral, held.get), *_option_checks(beams, max_length), VALID]
+
+        def check_api(frontal, lateral, beams, max_length):
+            checks = [*_view_checks(frontal, lateral, uploads.take), *_option_checks(beams, max_length)]
+            if not all(check["is_valid"] for check in checks):
+                for name in (_path(frontal), _path(lateral)):  # the request will not run: drop its uploads
+                    if name:
+                        uploads.claim(name)
+            return checks
+
+        def show_evidence(shown: service.Evidence):
+            choices = rendering.heatmap_choices(shown.report)
+            maps = [(_render(shown, index), label) for label, index in choices[:GALLERY_SIZE]]
+            info = "\n\n".join([shown.info, *(f"*{note}*" for note in shown.notes)])
             first_map, first_index = (maps[0][0], choices[0][1]) if maps else (None, None)
-            return (to_uint8(done.views[0].pixels), info, gr.Dropdown(choices=choices, value=first_index), first_map, maps,
+            return (shown.displays[0], info, gr.Dropdown(choices=choices, value=first_index), first_map, maps,
                     gr.DownloadButton(interactive=True), gr.DownloadButton(interactive=True))
 
-        def show_map(done: service.Result | None, index: int | None):
-            return None if done is None or index is None else _render(done, int(index))
+        def show_map(shown: service.Evidence | None, index: int | None):
+            return None if shown is None or index is None else _render(shown, int(index))
 
-        def refresh_downloads(done: service.Result | None, text: str):
-            if done is None:
+        def refresh_downloads(shown: service.Evidence | None, text: str):
+            if shown is None:
                 return gr.DownloadButton(), gr.DownloadButton()
-            txt, js = outbox.export(done, text)
+            txt, js = outbox.export(shown, text)
             return gr.DownloadButton(value=txt), gr.DownloadButton(value=js)
+
+        def forget(request: gr.Request):
+            """The tab was closed: drop its state now rather than after Gradio's hour for closed sessions."""
+            page.state_holder.delete_state(request.session_hash)
+            service.release_memory()
 
         def model_ready():
             loaded = loading.result()
@@ -147,54 +232,105 @@ def build(loading: service.Loading) -> gr.Blocks:
         page.load(model_ready, None, [status, texts_note, generate_button], api_visibility="private",
                   concurrency_limit=None, show_progress="hidden")
         results = [report_box, findings, references, txt_button, json_button, map_choice, heatmap, gallery, result]
+        outputs = [report_box, findings, references, txt_button, json_button]
         for view in (frontal, lateral):
-            view.change(preview, [frontal, lateral], [seen, seen_info], api_visibility="private")
+            view.change(preview, [frontal, lateral, held], [seen, seen_info, held], api_visibility="private",
+                        preprocess=False)
             view.change(clear, None, results, api_visibility="private")
         generate_button.click(
-            generate, [frontal, lateral, beams, max_length],
-            [report_box, findings, references, txt_button, json_button, result], api_name="generate",
-            validator=check_views,
+            generate_on_page, [frontal, lateral, beams, max_length, held], [*outputs, result], api_visibility="private",
+            validator=check_page, preprocess=False, concurrency_id="generate",
         ).success(show_evidence, result, [seen, seen_info, map_choice, heatmap, gallery, txt_button, json_button],
                   api_visibility="private")
+        api_trigger.click(generate, [frontal, lateral, beams, max_length], outputs, api_name="generate",
+                          validator=check_api, preprocess=False, concurrency_id="generate")
+        redraft_inputs = [frontal, lateral, held, result, findings, beams, max_length]
+        redrafted = [report_box, findings, txt_button, json_button, result]
+        redraft_button.click(redraft, redraft_inputs, redrafted, api_visibility="private", preprocess=False,
+                             concurrency_id="generate")
+        reset_button.click(lambda *args: redraft(*args, reset=True), redraft_inputs, redrafted,
+                           api_visibility="private", preprocess=False, concurrency_id="generate")
         map_choice.input(show_map, [result, map_choice], heatmap, api_visibility="private")
         report_box.input(refresh_downloads, [result, report_box], [txt_button, json_button],
                          api_visibility="private", trigger_mode="always_last")
+        page.unload(forget)
 
-    page.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
-    return page
+    page.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=queue_size)
+
+    def busy() -> tuple[int, int]:
+        return queue_size, max(1, math.ceil(queue_size * pace.seconds / CONCURRENCY_LIMIT))
+
+    return page, busy
 
 
-def _validity(path: str | None, name: str, required: bool = False) -> dict:
+def _path(upload: dict | None) -> str | None:
+    """The server-side path of an unprocessed File input (a FileData dict), or None."""
+    return upload.get("path") if isinstance(upload, dict) else None
+
+
+def _view_checks(frontal: dict | None, lateral: dict | None, fetch: Callable[[str], bytes | None]) -> list[dict]:
+    return [_validity(_path(frontal), "Frontal", fetch, required=True), _validity(_path(lateral), "Lateral", fetch)]
+
+
+def _option_checks(beams: Any, max_length: Any) -> list[dict]:
+    return [VALID if error is None else gr.validate(False, error) for error in service.option_errors(beams, max_length)]
+
+
+def _released(_: Any) -> None:
+    service.release_memory()
+
+
+def _validity(name: str | None, view: str, fetch: Callable[[str], bytes | None], required: bool = False) -> dict:
     """Whether one upload can be read; a refusal is shown on its input, and generation does not start."""
-    if not path:
+    if not name:
         return gr.validate(not required, service.NO_FRONTAL)
     try:
-        service.read_view(path, name)
+        service.read_view(fetch(name), view)
     except UnreadableImage as err:
         return gr.validate(False, str(err))
     return VALID
 
 
+def _example_files() -> list[Path]:
+    return sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in EXAMPLE_SUFFIXES)
+
+
 def _examples(target: gr.File) -> None:
     """SynthCXR phantoms from assets/examples (label = file name), if any are there."""
-    files = sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in EXAMPLE_SUFFIXES)
+    files = _example_files()
     if files:
         labels = [p.stem.replace("_", " ") + (" (DICOM)" if p.suffix == ".dcm" else "") for p in files]
         gr.Examples([[str(p)] for p in files], inputs=target, example_labels=labels,
                     label="SynthCXR examples (synthetic)")
 
 
-def _render(done: service.Result, index: int):
-    """One attention map over the view it belongs to (a one-view study stands in for both views)."""
-    amap = done.report.attention[index]
-    drawn_on = min(amap.view, len(done.views) - 1)
+def _render(shown: service.Evidence, index: int):
+    """One attention map over the display copy of the view it belongs to (R / L marked on a frontal one)."""
+    amap = shown.report.attention[index]
     title = amap.prompt if amap.kind == "region" else f"global prompt: {amap.prompt}"
-    if len(done.views) > 1:
+    if len(shown.displays) > 1:
         title += f" ({rendering.VIEW_NAMES[amap.view]} view)"
-    return rendering.overlay(done.views[drawn_on].pixels, amap.heatmap, title, amap.kind, frontal=drawn_on == 0)
+    frontal = min(amap.view, len(shown.displays) - 1) == 0  # a one-view study stands in for both views
+    return rendering.overlay(service.display_pixels(shown, amap), amap.heatmap, title, amap.kind, frontal=frontal)
 
 
-def launch(page: gr.Blocks, *, host: str, port: int, share: bool = False, **kwargs) -> None:
-    """Serve the page (``share`` creates a public gradio.live link; off unless asked)."""
-    page.launch(server_name=host, server_port=port, share=share, css=CSS, footer_links=["api"],
-                max_file_size=MAX_UPLOAD, **kwargs)
+def launch(page: gr.Blocks, busy: Callable[[], tuple[int, int]], *, host: str, port: int, share: bool = False,
+           auth: tuple[str, str] | None = None, allowed_hosts: Iterable[str] = (),
+           served: Callable[[], object] = lambda: None, **kwargs) -> None:
+    """Serve the page until SIGINT/SIGTERM (``share`` creates a public gradio.live link; off unless
+    asked). Requests must name this host (see demo.guard), uploads get random names, and a refused
+    request is told when to retry. ``served`` runs once the page answers (app.py loads the model
+    there); what it raises closes the server."""
+    middleware = [
+        Middleware(guard.HostCheck, allowed=guard.allowed_hosts(host, allowed_hosts)),
+        Middleware(guard.BusyAnswer, estimate=busy),
+        Middleware(guard.RandomUploadNames),
+    ]
+    try:
+        page.launch(server_name=host, server_port=port, share=share, css=CSS, footer_links=["api"],
+                    max_file_size=MAX_UPLOAD, auth=auth, state_session_capacity=SESSION_CAP,
+                    app_kwargs={"middleware": middleware}, prevent_thread_lock=True, **kwargs)
+        served()
+        page.block_thread()
+    finally:
+        page.close()

@@ -1,13 +1,16 @@
 """Command line: draft reports for X-ray files in a batch, or label report texts.
 
     python -m rrg_core report FILE... [--weights ORG/REPO[@REV] | FOLDER] [--reference-data DIR]
-                                      [--json] [--beams N] [--max-length N]
+                                      [--json] [--beams N] [--max-length N] [--no-maps]
+                                      [--state OBSERVATION=STATE ...]
     python -m rrg_core label REPORTS.{json,csv} [--column report] [--id-column id]
 
 Each file is one study (one view). With ``--json`` each file gives one line holding a JSON object
-{"file", "report", "findings", "references", "error"}; otherwise a short readable block. A file
-that cannot be read gets its ``error`` and the others still run: the exit code is non-zero only
-for usage errors (bad options, weights that cannot be loaded).
+{"file", "report", "findings", "references", "overrides", "consistency", "error"} (strict JSON: null for a non-finite number);
+otherwise a short readable block. A file that cannot be read gets its ``error`` and the others
+still run: the exit code is non-zero (2, with one sentence) only for bad options and weights that
+cannot be loaded. Heatmaps are made at most ``MAX_MAP_SIDE`` pixels large, as in the demo;
+``--no-maps`` skips them (the map sides come from the model's own resolution either way).
 """
 from __future__ import annotations
 
@@ -19,8 +22,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .observations import OBSERVATIONS, STATE_NAMES, State
+from .outputs import strict_json
+from .preprocessing import MAX_MAP_SIDE
 
 TEXT_REFERENCES = 3
+# --no-maps: the maps are sampled at a single pixel (nothing to upsample) and dropped.
+NO_MAP_SIDE = 1
 
 
 def _positive_int(value: str) -> int:
@@ -28,6 +35,19 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number
+
+
+def _state_override(value: str) -> tuple[str, str]:
+    """'OBSERVATION=STATE', checked against the observations and states."""
+    from .decisions import parse_overrides
+
+    name, sep, state = value.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected OBSERVATION=STATE, e.g. 'Cardiomegaly=positive', got {value!r}")
+    try:
+        return next(iter(parse_overrides({name: state}).items()))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="one JSON object per line and file")
     report.add_argument("--beams", type=_positive_int, help="beam size (default: the weights' config)")
     report.add_argument("--max-length", type=_positive_int, help="maximum new tokens (default: the weights' config)")
+    report.add_argument("--state", action="append", default=[], type=_state_override, metavar="OBSERVATION=STATE",
+                        help="draft as if OBSERVATION were STATE (positive | negative | uncertain | blank), e.g. "
+                             "--state 'Pleural Effusion=positive'; repeatable; applies to every file")
+    report.add_argument("--no-maps", dest="maps", action="store_false",
+                        help="skip the attention maps (faster, less memory; the map sides, taken at the "
+                             "model's own resolution, stay)")
     label = commands.add_parser("label", help="CheXpert-style labels of report texts, as CSV on stdout")
     label.add_argument("file", metavar="REPORTS", help="a CSV, a JSON list (of strings or objects), or an R2Gen "
                                                        "annotation.json")
@@ -81,15 +107,23 @@ def label_file(path: str, column: str, id_column: str, out=None) -> int:
     return n
 
 
-def report_file(model, path: str, *, beams: int | None = None, max_length: int | None = None) -> dict[str, Any]:
+def report_file(
+    model, path: str, *, beams: int | None = None, max_length: int | None = None, maps: bool = True,
+    states: dict | None = None,
+) -> dict[str, Any]:
     """One file's record; an unreadable file gets ``error`` and empty results."""
     from .xray_io import UnreadableImage, read_xray
 
     try:
         xray = read_xray(path)
     except UnreadableImage as err:
-        return {"file": path, "report": None, "findings": [], "references": [], "error": str(err)}
-    report = model.generate_from_xrays([xray], num_beams=beams, max_new_tokens=max_length)[0]
+        return {"file": path, "report": None, "findings": [], "references": [], "overrides": {}, "consistency": None,
+                "error": str(err)}
+    side = MAX_MAP_SIDE if maps else NO_MAP_SIDE
+    report = model.generate_from_xrays([xray], num_beams=beams, max_new_tokens=max_length, max_map_side=side,
+                                       states=[states])[0]
+    if not maps:
+        report.attention = []
     return {"file": path, **report.to_dict(), "error": None}
 
 
@@ -100,7 +134,9 @@ def format_text(record: dict[str, Any]) -> str:
         return "\n".join([*lines, f"  error: {record['error']}", ""])
     flagged = [f for f in record["findings"] if f["state"] in (STATE_NAMES[State.POSITIVE], STATE_NAMES[State.UNCERTAIN])]
     findings = "; ".join(
-        f"{f['observation']} {f['state']} (P(positive) {f['p_positive']:.2f}{_map_side(f['map_right_share'])})"
+        f"{f['observation']} {f['state']} ("
+        + ("set by the reader" if f.get("set_by") == "reader" else f"P(positive) {f['p_positive']:.2f}")
+        + f"{_map_side(f['map_right_share'])})"
         for f in flagged
     )
     references = ", ".join(
@@ -143,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             texts = report_texts(args.reference_data)
         model = load_model(args.weights, texts_from=texts)
     except (WeightsUnavailable, ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        parser.exit(2, f"{parser.prog}: error: {err}\n")  # one sentence, without the usage text of a bad option
     for path in args.files:
-        record = report_file(model, path, beams=args.beams, max_length=args.max_length)
-        print(json.dumps(record, ensure_ascii=False) if args.json else format_text(record), flush=True)
+        record = report_file(model, path, beams=args.beams, max_length=args.max_length, maps=args.maps,
+                             states=dict(args.state))
+        line = json.dumps(strict_json(record), ensure_ascii=False, allow_nan=False) if args.json else format_text(record)
+        print(line, flush=True)
     return 0
 
 

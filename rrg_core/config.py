@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import reprlib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +99,7 @@ class REVTAFConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         if self.n_views not in (1, 2):
             raise ValueError(f"n_views must be 1 or 2, got {self.n_views}")
         if self.retrieval_metric not in ("hyperbolic", "cosine", "euclidean"):
@@ -142,7 +147,10 @@ class REVTAFConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"config.json has unknown field(s) {unknown}: written by a newer rrg_core?")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as err:
+            raise ValueError(f"config.json: {err}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -156,6 +164,79 @@ class REVTAFConfig:
         if not isinstance(data, dict):
             raise ValueError(f"model config {path} is not a JSON object")
         return cls.from_dict(data)
+
+
+# Inclusive (low, high) of numeric fields (each element of a list field). A config.json from another
+# program or edited by hand is refused with the field's name before anything is built; the upper
+# bounds only stop absurd values, the shape check against the weights file catches the rest.
+_SIZE = (1, 16_384)
+_LIMITS: dict[str, tuple[float, float]] = {
+    "image_size": (32, 2048), "resnet_depths": (1, 64), "resnet_hidden_sizes": _SIZE, "resnet_embedding_size": _SIZE,
+    "d_model": _SIZE, "n_heads": (1, 256), "dropout": (0.0, 0.99), "text_layers": (0, 96), "text_hidden": _SIZE,
+    "text_heads": (1, 256), "max_sentence_tokens": (1, 4096), "max_reference_sentences": (1, 1024),
+    "vocab_size": (0, 10_000_000), "decoder_layers": (1, 96), "decoder_hidden": _SIZE, "decoder_heads": (1, 256),
+    "max_report_tokens": (1, 4096), "hyperbolic_hidden": _SIZE, "hyperbolic_dim": _SIZE, "curvature": (1e-9, 1e3),
+    "top_k": (1, 10_000), "alpha": (0.0, math.inf), "sinkhorn_epsilon": (1e-6, 1e3), "sinkhorn_iters": (1, 100_000),
+    "sinkhorn_tol": (0.0, 1.0), "beta": (0.0, math.inf), "cls_weight": (0.0, math.inf),
+    "entity_weight": (0.0, math.inf), "grounding_weight": (0.0, math.inf), "label_priors": (0.0, 1.0),
+    "image_std": (1e-9, math.inf), "num_beams": (1, 64), "min_new_tokens": (0, 4096), "max_new_tokens": (1, 4096),
+    "repetition_penalty": (1e-3, 1e3), "no_repeat_ngram_size": (0, 64),
+}
+# (width, heads) pairs: attention splits the width evenly over the heads.
+_DIVISIBLE = (("d_model", "n_heads"), ("text_hidden", "text_heads"), ("decoder_hidden", "decoder_heads"))
+
+
+def _check_fields(config: REVTAFConfig) -> None:
+    """Every field has its declared type and lies in its range; raises ValueError naming the first
+    that does not (config.json is read from folders that may come from anywhere)."""
+    for name, kind in typing.get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        if not _has_type(value, kind):
+            raise ValueError(f"{name} must be {_describe(kind)}, got {reprlib.repr(value)}")
+        low, high = _LIMITS.get(name, (-math.inf, math.inf))
+        for number in _numbers(value):
+            if not low <= number <= high:
+                raise ValueError(f"{name} must lie between {low:g} and {high:g}, got {number!r}")
+    if not config.resnet_depths or not config.prompts:
+        raise ValueError("resnet_depths and prompts must not be empty")
+    for width, heads in _DIVISIBLE:
+        if getattr(config, width) % getattr(config, heads):
+            raise ValueError(f"{width} ({getattr(config, width)}) must be a multiple of {heads} ({getattr(config, heads)})")
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+_NAMES = {int: ("a whole number", "whole numbers"), float: ("a finite number", "finite numbers"),
+          bool: ("true or false", "booleans"), str: ("a string", "strings"), type(None): ("null", "nulls")}
+
+
+def _describe(kind: Any, plural: bool = False) -> str:
+    """'a whole number', 'a list of whole numbers', 'a list of lists of finite numbers or null'."""
+    if typing.get_origin(kind) is list:
+        return ("lists" if plural else "a list") + " of " + _describe(typing.get_args(kind)[0], plural=True)
+    if typing.get_args(kind):
+        return " or ".join(_describe(arg, plural) for arg in typing.get_args(kind))
+    return _NAMES[kind][plural]
+
+
+def _numbers(value: Any) -> list[float]:
+    """The numbers in a field's value (nested lists flattened; booleans and text are not numbers)."""
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -88,7 +88,9 @@ class ReportDecoder(nn.Module):
         min_new_tokens: int = 10,
         repetition_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
-    ) -> list[str]:
+    ) -> list[list[str]]:
+        """Per study, every finished beam's text, best first (one text with ``num_beams`` 1):
+        :func:`rrg_core.faithful.make_consistent` chooses among them."""
         prefix = self.prefix(states)
         # transformers 5: BertLMHeadModel.generate with encoder_hidden_states needs a fresh
         # encoder-decoder cache on every call (a plain DynamicCache crashes).
@@ -100,6 +102,7 @@ class ReportDecoder(nn.Module):
             encoder_hidden_states=self.memory_projection(memory),
             cache=cache,
             num_beams=num_beams,
+            num_return_sequences=num_beams,
             do_sample=False,
             max_new_tokens=min(max_new_tokens, self.max_report_tokens + 1),
             min_new_tokens=min_new_tokens,
@@ -108,4 +111,23 @@ class ReportDecoder(nn.Module):
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
         )
-        return self.tokenizer.batch_decode(sequences[:, PREFIX_LENGTH:], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(sequences[:, PREFIX_LENGTH:], skip_special_tokens=True)
+        return [texts[i : i + num_beams] for i in range(0, len(texts), num_beams)]
+
+    @torch.no_grad()
+    def sentence_scores(self, memory: Tensor, states: Tensor, sentences: list[str]) -> Tensor:
+        """Mean log-likelihood per token of each sentence as a report opening, for one study
+        (memory [1, N, D], states [1, 14]): how the decoder itself would phrase a finding, which
+        the consistency repair uses to pick among the sentence bank's phrasings."""
+        encoded = self.tokenizer(sentences, add_special_tokens=False, padding=True, return_tensors="pt")
+        ids, mask = encoded["input_ids"].to(memory.device), encoded["attention_mask"].to(memory.device)
+        n = len(sentences)
+        input_ids = torch.cat([self.prefix(states).expand(n, -1), ids], dim=1)
+        attention_mask = torch.cat([torch.ones(n, PREFIX_LENGTH, dtype=mask.dtype, device=mask.device), mask], 1)
+        logits = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=self.memory_projection(memory).expand(n, -1, -1),
+        ).logits[:, PREFIX_LENGTH - 1 : -1]
+        token_log_p = logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        return (token_log_p * mask).sum(1) / mask.sum(1).clamp(min=1)

@@ -1,8 +1,10 @@
 """Evaluate a model on a dataset split with the field's full metric suite.
 
 NLG (pycocoevalcap, on R2Gen-normalised text), clinical efficacy (our CheXpert-style
-labeler on generated and reference reports alike), retrieval (label agreement of the top-1
-reference) and, on datasets with masks (SynthCXR), grounding of the MPSA maps.
+labeler on generated and reference reports alike), the diagnosis head itself (AUROC of its
+P(positive) against the studies' labels: what the image side sees, whether or not the text
+says it), retrieval (label agreement of the top-1 reference) and, on datasets with masks
+(SynthCXR), grounding of the MPSA maps.
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from .datasets import Study
+from .decisions import DecisionRule, fit_thresholds
 from .labeler import label_report
 from .metrics import (
     clinical_efficacy,
@@ -24,12 +28,42 @@ from .metrics import (
     retrieval_metrics,
 )
 from .model import REVTAF
-from .observations import State, labels_to_states
+from .observations import OBSERVATIONS, State, labels_to_states
 from .prompts import FINDING_PROMPTS
+from .report_text import normalize_report
 from .study_dataset import read_masks, study_loader
 
 
 POINTING_TOLERANCE_PX = 15
+# Below this many positives an observation's AUROC is too noisy to enter the mean.
+AUROC_MIN_POSITIVES = 10
+
+
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve from ranks (Mann-Whitney U / (n+ n-), ties counted half);
+    None where one class is absent."""
+    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    rank_sum = rankdata(scores)[positive].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def diagnosis_auroc(p_positive: np.ndarray, states: np.ndarray, min_positives: int = AUROC_MIN_POSITIVES) -> dict:
+    """Per-observation AUROC of P(positive) [N, 14] against the true states [N, 14] being
+    positive, the positives behind each, and the mean over observations with ``min_positives``."""
+    positive = states == State.POSITIVE
+    per_class = {name: auroc(p_positive[:, i], positive[:, i]) for i, name in enumerate(OBSERVATIONS)}
+    positives = dict(zip(OBSERVATIONS, positive.sum(0).tolist()))
+    counted = [n for n in OBSERVATIONS if positives[n] >= min_positives and per_class[n] is not None]
+    return {
+        "per_class": per_class,
+        "positives": positives,
+        "mean": float(np.mean([per_class[n] for n in counted])) if counted else None,
+        "mean_over": counted,
+        "min_positives": min_positives,
+    }
 
 
 @torch.no_grad()
@@ -45,23 +79,21 @@ def diagnosis_logits(model: REVTAF, studies: Sequence[Study], *, dataset: str = 
     return torch.cat(logits), torch.cat(states)
 
 
-def tune_decision_adjustment(
-    model: REVTAF,
-    studies: Sequence[Study],
-    *,
-    dataset: str = "iu_xray",
-    grid: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5),
-) -> tuple[float, dict[float, float]]:
-    """The ``decision_adjustment`` with the best micro-F1 of predicted positives on ``studies``
-    (validation data), and the F1 of every candidate."""
+def fit_decision_rule(model: REVTAF, studies: Sequence[Study], *, dataset: str = "iu_xray",
+                      fitted_on: str = "") -> DecisionRule:
+    """Thresholds on P(positive) tuned on ``studies`` (validation data) by
+    :func:`rrg_core.decisions.fit_thresholds`, from the diagnosis head alone (no text generated)."""
     logits, truth = diagnosis_logits(model, studies, dataset=dataset)
-    positive = truth == State.POSITIVE
-    scores = {}
-    for value in grid:
-        predicted = model.diagnosis.decide(logits, value)[1] == State.POSITIVE
-        tp = (predicted & positive).sum().item()
-        scores[value] = 2 * tp / max(1, predicted.sum().item() + positive.sum().item())
-    return max(scores, key=scores.get), scores
+    probabilities = model.diagnosis.decide(logits)[0].numpy()
+    thresholds, micro, positives = fit_thresholds(probabilities, truth.numpy())
+    return DecisionRule(thresholds, fitted_on=f"{fitted_on} (validation micro-F1 {micro:.3f})", positives=positives)
+
+
+def table_text_agreement(states: Sequence[Sequence[int]], labels: Sequence[dict]) -> float:
+    """Share of (study, observation) pairs where "positive in the findings table" equals
+    "positive in the text" by our labeler (1.0 for every draft rrg_core.faithful made)."""
+    pairs = [(s == State.POSITIVE) == (lab[o] == 1) for row, lab in zip(states, labels) for o, s in zip(OBSERVATIONS, row)]
+    return sum(pairs) / max(1, len(pairs))
 
 
 def _mask_size(study: Study) -> tuple[int, int] | None:
@@ -110,21 +142,26 @@ def evaluate(
     references, reports, ids = generate_for(
         model, studies, dataset=dataset, batch_size=batch_size, progress=progress, **generate_options
     )
-    hypotheses = [r.text for r in reports]
+    # The drafts are prose; the field's metrics compare R2Gen-normalised text, as the references are.
+    hypotheses = [normalize_report(r.text, dataset) for r in reports]
     nlg = nlg_metrics(references, hypotheses)
-    ce = clinical_efficacy([label_report(t) for t in references], [label_report(t) for t in hypotheses])
+    generated_labels = [label_report(r.text) for r in reports]
+    ce = clinical_efficacy([label_report(t) for t in references], generated_labels)
     query_states = np.array([labels_to_states(s.labels) for s in studies])
     top1_states = np.array([r.references[0].label_states for r in reports])
+    p_positive = np.array([[r.probabilities[name][State.POSITIVE] for name in OBSERVATIONS] for r in reports])
     result = {
         "n": len(studies),
         "nlg": nlg,
         "ce": ce,
+        "diagnosis": {"auroc": diagnosis_auroc(p_positive, query_states)},
         "retrieval": retrieval_metrics(query_states, top1_states),
         "paper": paper_row(nlg, ce),
+        "table_text_agreement": table_text_agreement([r.states for r in reports], generated_labels),
         "avg": paper_average(nlg, ce),
         "samples": [
-            {"study_id": i, "reference": ref, "generated": hyp}
-            for i, ref, hyp in list(zip(ids, references, hypotheses))[:samples]
+            {"study_id": i, "reference": ref, "generated": r.text}
+            for i, ref, r in list(zip(ids, references, reports))[:samples]
         ],
     }
     grounding_items = list(_grounding_items(studies, reports))

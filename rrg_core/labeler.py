@@ -6,7 +6,8 @@ every beam during evaluation. It follows the logic of the CheXpert labeler
 (Irvin et al. 2019, a NegBio-style pipeline): find mentions of each observation,
 classify each mention as uncertain / negative / positive, aggregate per report.
 Instead of dependency parses, negation and hedges reach a mention through a clause
-(stopped by "but", "however", "although", ...), and predicates after a mention
+(stopped by "but", "however", "although", ..., and by a comma before a grade: "no
+pneumothorax, mild cardiomegaly"), and predicates after a mention
 ("... are within normal limits", "... cannot be excluded") reach back over the
 coordinated subject it belongs to ("the heart size and pulmonary vascularity").
 
@@ -22,14 +23,18 @@ Conventions, where CheXpert leaves a choice or is known to err:
 * "No new focal opacity" is negative (CheXpert: uncertain); a stable or unchanged
   finding is positive.
 * Vascular congestion, blunting of a costophrenic angle and mentions joined by
-  "or"/"versus" are uncertain.
+  "or"/"versus" are uncertain, and so is "likely" (CheXpert: positive); on IU X-Ray that word
+  is masked as "XXXX" ("opacities, XXXX subsegmental atelectasis"), read as such where
+  "likely" is the reading.
 * Calcified nodules and granulomas are not Lung Lesion (as CheXpert: healed, benign);
   interstitial markings and scarring are Lung Opacity (as CheXpert).
 * Support Devices also counts surgical clips, stents and sternotomy wires (CheXpert
   does not).
 * No Finding is 1 only when no pathology is positive or uncertain and no other
   abnormality (emphysema, hernia, granuloma, scoliosis, degenerative change, ...;
-  CheXpert's list) is reported; otherwise it is left blank, as in CheXpert.
+  CheXpert's list) is reported; otherwise it is left blank, as in CheXpert's aggregation
+  (which counts its No Finding mention list among the findings). Support Devices and what is
+  not on that list (a tortuous aorta, a spinal stimulator) leave it 1.
 """
 from __future__ import annotations
 
@@ -154,6 +159,12 @@ _CLAUSE_BREAK = _rx(r"""\b(?:but|however|although|though|except|aside\ from|apar
 # Within a clause, a phrase also ends at a comma ("normal heart size, small effusion"),
 # unless the comma is part of a list closed by and/or ("normal heart size, mediastinal and aortic contours").
 _PHRASE_BREAK = _rx(r",(?!.*\b(?:and|or)\b)")
+# A comma before a grade starts a new statement that "no" and hedges before it do not reach
+# ("no pneumothorax, mild cardiomegaly"), unless an "or" closes a negated list after it
+# ("no focal consolidation, large pleural effusion, or pneumothorax"). Not before "stable":
+# "heart size within normal limits, stable mediastinal contours" is one statement.
+_STATEMENT_BREAK = _rx(r""",(?=\ *(?:mild|moderate|severe|small|large|minimal|trace|tiny|marked|slight|extensive
+                                     |borderline|healed|old)\w*\b)(?!.*\b(?:or|nor)\b)""")
 
 _EXCLUDE = r"(?:exclude[sd]?|rule[sd]?\ out|ruled\ out)"
 # Linking verbs and the adverbs that may stand between a subject and its predicate.
@@ -193,6 +204,10 @@ _HEDGE_BEFORE = _rx(r"""\bpossibl[ey]\b | \bprobabl[ey]\b | \b(?:un)?likely\b | 
                         | \bconsider(?:ed)?\b | \bfavou?r\w* | \bdifferential\b | \bversus\b | \bvs\b | \bborderline\b
                         | \bequivocal\b | (?<!age-)(?<!age\ )\bindeterminate\b | \bcannot\ (?:differentiate|distinguish)
                         | \bpotential\w* | \buncertain\b""")
+# IU X-Ray's de-identification masked every "likely" as "XXXX" (the word never occurs there):
+# "opacities in the lung bases, XXXX subsegmental atelectasis", "XXXX representing atelectasis".
+# Only where "likely" is the reading; "XXXX atelectasis" alone stays what it says.
+_MASKED_LIKELY = _rx(r"(?<!mild)(?<!minimal),\ *xxxx\ (?:\w+\ ){0,2}$ | \bxxxx\ (?:to\ )?(?:represent|reflect)\w* | \bmost\ xxxx\b")
 # "or" hedges only the phrase it joins: "atelectasis or pneumonia".
 _HEDGE_BEFORE_IN_PHRASE = _rx(r"\bor\b")
 _HEDGE_AFTER = _rx(rf"""{_COPULA}(?:\w+ly\ )?(?:possible|likely|suspected|questioned|probable|favou?red|considered
@@ -239,8 +254,10 @@ def _reaches_back(predicate: re.Pattern[str], after: str) -> bool:
 def _mention_state(sentence: str, concept: _Concept, start: int, end: int) -> int | None:
     """CheXpert value of one mention: -1, 0, 1, or None where a size-less heart mention does not count."""
     c_left, c_right = _clause_bounds(sentence, start, end, _CLAUSE_BREAK)
+    s_left, s_right = _clause_bounds(sentence, start, end, _STATEMENT_BREAK)
     p_left, p_right = _clause_bounds(sentence, start, end, _PHRASE_BREAK)
-    before, after = sentence[c_left:start], sentence[end:c_right]
+    p_left, p_right = max(p_left, s_left), min(p_right, s_right)
+    before, after = sentence[max(c_left, s_left) : start], sentence[end:c_right]
     phrase_before = sentence[max(c_left, p_left) : start]
 
     if _PRE_UNCERTAIN_BEFORE.search(before) or _reaches_back(_PRE_UNCERTAIN_AFTER, after):
@@ -254,6 +271,7 @@ def _mention_state(sentence: str, concept: _Concept, start: int, end: int) -> in
     hedged = (
         concept.hedged
         or bool(_HEDGE_BEFORE.search(before))
+        or bool(_MASKED_LIKELY.search(before))
         or bool(_HEDGE_BEFORE_IN_PHRASE.search(phrase_before))
         or _reaches_back(_HEDGE_AFTER, after)
         or bool(_ALTERNATIVE_AFTER.search(after))

@@ -16,7 +16,10 @@ cross-attention). All off is the PromptMRG-like baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from functools import partial
+from typing import Mapping, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -24,18 +27,20 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from .config import REVTAFConfig
+from .decisions import DecisionRule, apply_overrides, coherent, parse_overrides, rule_text
 from .decoder import ReportDecoder
 from .diagnosis import DiagnosisHead
+from .faithful import make_consistent
 from .fvtaf import FVTAF, consistency_loss
 from .grounding import grounding_loss
 from .lre import EntityScores, LearnableRetrievalEnhancer, entity_loss
 from .mpsa import MPSAOutput
-from .observations import OBSERVATIONS
+from .observations import OBSERVATIONS, STATE_NAMES
 from .prompts import N_FINDING_PROMPTS
-from .outputs import AttentionMap, Reference, Report
+from .outputs import AttentionMap, Reference, Report, right_share
 from .preprocessing import prepare_image, upsample_maps
 from .reference_index import ReferenceIndex
-from .report_text import split_sentences
+from .report_text import split_sentences, to_prose
 from .text_encoder import TextEncoder
 from .visual_encoder import VisualEncoder, VisualFeatures, coarsen
 
@@ -72,6 +77,9 @@ class REVTAF(nn.Module):
         self.diagnosis = DiagnosisHead(config)
         self.decoder = ReportDecoder(config, tokenizer)
         self.index = index
+        # Per-observation thresholds tuned at release (decision.json beside the weights); None:
+        # the argmax rule of DiagnosisHead.decide.
+        self.decision: DecisionRule | None = None
 
     # ------------------------------------------------------------------ shared image side
     @property
@@ -215,6 +223,8 @@ class REVTAF(nn.Module):
         images: Tensor,
         *,
         image_sizes: Sequence[tuple[int, int] | Sequence[tuple[int, int]]] | None = None,
+        states: Sequence[Mapping[str, str | int] | None] | None = None,
+        consistent: bool = True,
         num_beams: int | None = None,
         max_new_tokens: int | None = None,
         min_new_tokens: int | None = None,
@@ -223,35 +233,76 @@ class REVTAF(nn.Module):
     ) -> list[Report]:
         """images [B, V, 1, H, W] (normalised, see :meth:`prepare`). Maps are returned at
         ``image_sizes``: per study one (H, W) for all views, or one per view (default: the
-        input tensor's size)."""
+        input tensor's size). ``states``: per study, the reader's overrides (observation ->
+        "positive" | "negative" | "uncertain" | "blank"), which the draft is written from.
+        ``consistent=False`` returns the decoder's best beam as it is (for measuring what
+        :mod:`rrg_core.faithful` changes); users always get the consistent draft."""
         c = self.config
         encoded = self._encode(images)
         logits, distances, indices = self._diagnose(encoded)
-        probabilities, states = self.diagnosis.decide(logits, self.config.decision_adjustment)
+        probabilities, argmax_states = self.diagnosis.decide(logits, c.decision_adjustment)
+        predicted = self.decision.decide(probabilities.cpu().numpy()) if self.decision else argmax_states.cpu().numpy()
+        predicted = coherent(predicted)
+        overrides = [parse_overrides(o) for o in (states or [None] * len(images))]
+        if len(overrides) != len(images):
+            raise ValueError(f"states: one override mapping per study expected, got {len(overrides)} for {len(images)}")
+        final = np.stack([apply_overrides(p, o) for p, o in zip(predicted, overrides)])
+        state_tensor = torch.as_tensor(final, device=images.device)
 
         global_ = None
         if self.fvtaf is not None and self.fvtaf.fuses:
             global_, _, _ = self._global(encoded, indices[:, 0])
-        texts = self.decoder.generate(
-            self._memory(encoded, global_),
-            states,
+        memory = self._memory(encoded, global_)
+        candidates = self.decoder.generate(
+            memory,
+            state_tensor,
             num_beams=num_beams or c.num_beams,
             max_new_tokens=max_new_tokens or c.max_new_tokens,
             min_new_tokens=c.min_new_tokens if min_new_tokens is None else min_new_tokens,
             repetition_penalty=repetition_penalty or c.repetition_penalty,
             no_repeat_ngram_size=c.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size,
         )
-        sizes = list(image_sizes) if image_sizes is not None else [tuple(images.shape[-2:])] * len(texts)
-        return [
-            Report(
-                text=texts[b],
-                probabilities={o: probabilities[b, i].tolist() for i, o in enumerate(OBSERVATIONS)},
-                states=states[b].tolist(),
-                references=self._reference_list(distances[b], indices[b]),
-                attention=self._attention_maps(encoded, global_, b, sizes[b]),
+        sizes = list(image_sizes) if image_sizes is not None else [tuple(images.shape[-2:])] * len(candidates)
+        reports = []
+        for b, beams in enumerate(candidates):
+            attention = self._attention_maps(encoded, global_, b, sizes[b])
+            shares = self._finding_sides(encoded, b)
+            if consistent:
+                choose = partial(self._likeliest, memory[b : b + 1], state_tensor[b : b + 1])
+                consistency = make_consistent(beams, final[b], shares, choose)
+            else:
+                consistency = None
+            reports.append(
+                Report(
+                    text=to_prose(consistency.text if consistency else beams[0]),
+                    probabilities={o: probabilities[b, i].tolist() for i, o in enumerate(OBSERVATIONS)},
+                    states=final[b].tolist(),
+                    references=self._reference_list(distances[b], indices[b]),
+                    attention=attention,
+                    predicted_states=predicted[b].tolist(),
+                    overrides={o: STATE_NAMES[s] for o, s in overrides[b].items()},
+                    decision_rules={o: rule_text(o, self.decision, c.decision_adjustment, o in overrides[b])
+                                    for o in OBSERVATIONS},
+                    consistency=consistency,
+                    map_right_shares=shares,
+                )
             )
-            for b in range(len(texts))
-        ]
+        return reports
+
+    def _finding_sides(self, encoded: _Encoded, b: int) -> dict[str, float]:
+        """Each finding's frontal map's share on the patient's right, at the model's input size."""
+        if encoded.region is None:
+            return {}
+        grid, size = encoded.visual.grid, self.config.image_size
+        frontal = encoded.region.maps[b, :N_FINDING_PROMPTS, : grid[0] * grid[1]]
+        maps = upsample_maps(frontal, grid, (size, size), size)
+        return {OBSERVATIONS[k]: right_share(maps[k]) for k in range(N_FINDING_PROMPTS)}
+
+    def _likeliest(self, memory: Tensor, states: Tensor, sentences: list[str]) -> int:
+        """Index of the sentence the decoder finds most likely for this study."""
+        if len(sentences) == 1:
+            return 0
+        return int(self.decoder.sentence_scores(memory, states, sentences).argmax())
 
     def _reference_list(self, distances: Tensor, indices: Tensor) -> list[Reference]:
         texts = self.index.texts

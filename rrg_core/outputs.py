@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .faithful import Consistency
 from .observations import OBSERVATIONS, STATE_NAMES, group_of
 
 
@@ -44,28 +45,41 @@ class AttentionMap:
     observation: str | None = None  # the CheXpert observation a finding prompt stands for
 
     def right_share(self) -> float:
-        """The share of the map on the patient's right: the image's left half, as a frontal
-        radiograph is displayed (an odd middle column counts half to each side). Evidence of the
-        side a finding is on, independent of the text, which may name the other side."""
-        columns = self.heatmap.sum(axis=0, dtype=np.float64)
-        half = len(columns) // 2
-        right = columns[:half].sum() + (columns[half] / 2 if len(columns) % 2 else 0.0)
-        return float(right / max(columns.sum(), 1e-12))
+        """:func:`right_share` of this map."""
+        return right_share(self.heatmap)
+
+
+def right_share(heatmap: np.ndarray) -> float:
+    """The share of a map on the patient's right: the image's left half, as a frontal radiograph
+    is displayed (an odd middle column counts half to each side). Evidence of the side a finding
+    is on, from the image alone."""
+    columns = np.asarray(heatmap).sum(axis=0, dtype=np.float64)
+    half = len(columns) // 2
+    right = columns[:half].sum() + (columns[half] / 2 if len(columns) % 2 else 0.0)
+    return float(right / max(columns.sum(), 1e-12))
 
 
 @dataclass
 class Report:
     """A generated report for one study, with per-finding probabilities, references and maps."""
 
-    text: str
+    text: str  # the draft as prose; it agrees with ``states`` (rrg_core.faithful)
     probabilities: dict[str, list[float]]  # observation -> probabilities of the 4 states
-    states: list[int]  # predicted State per observation, OBSERVATIONS order
+    states: list[int]  # the State per observation the text was written from, OBSERVATIONS order
     references: list[Reference] = field(default_factory=list)
     attention: list[AttentionMap] = field(default_factory=list)
+    predicted_states: list[int] | None = None  # the model's own decision, before the reader's overrides
+    overrides: dict[str, str] = field(default_factory=dict)  # observation -> state name, set by the reader
+    decision_rules: dict[str, str] = field(default_factory=dict)  # observation -> how its state was decided
+    consistency: Consistency | None = None  # how the draft was made to agree with the states
+    # Observation -> right_share of its frontal finding map at the model's input size: the side the
+    # text follows, independent of the size (or absence) of the maps in ``attention``.
+    map_right_shares: dict[str, float] = field(default_factory=dict)
 
     def findings(self) -> list[dict[str, Any]]:
         """Per-observation summary sorted by probability of being present (positive), with the
-        share of the finding's frontal map on the patient's right (None without such a map)."""
+        share of the finding's frontal map on the patient's right (None without such a map): from
+        ``map_right_shares`` where the model gave them, else from the frontal maps."""
         frontal = {m.observation: m for m in self.attention if m.kind == "region" and m.view == 0 and m.observation}
         rows = []
         for name, state in zip(OBSERVATIONS, self.states):
@@ -74,12 +88,14 @@ class Report:
                 {
                     "observation": name,
                     "state": STATE_NAMES[state],
+                    "set_by": "reader" if name in self.overrides else "model",
+                    "decision_rule": self.decision_rules.get(name),
                     "p_positive": float(p[1]),
                     "p_uncertain": float(p[3]),
                     "p_negative": float(p[2]),
                     "p_not_mentioned": float(p[0]),
                     "group": group_of(name),
-                    "map_right_share": frontal[name].right_share() if name in frontal else None,
+                    "map_right_share": self.map_right_shares.get(name, frontal[name].right_share() if name in frontal else None),
                 }
             )
         return sorted(rows, key=lambda r: -r["p_positive"])
@@ -90,4 +106,18 @@ class Report:
             "report": self.text,
             "findings": self.findings(),
             "references": [r.to_dict() for r in self.references],
+            "overrides": dict(self.overrides),
+            "consistency": self.consistency.to_dict() if self.consistency else None,
         }
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None: strict JSON has no NaN, and a
+    consumer should see "no value" rather than a token its parser may reject."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value

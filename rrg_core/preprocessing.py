@@ -19,6 +19,11 @@ def prepare_image(pixels: np.ndarray, size: int, mean: float = 0.5, std: float =
     return ((image[0] - mean) / std).float()
 
 
+# Heatmaps are upsampled to at most this many pixels on the long side: a full-size radiograph's 35
+# maps at its own resolution take about a GB, and nothing shows them larger (the CLI and the demo).
+MAX_MAP_SIDE = 1024
+
+
 def upsample_maps(maps: Tensor, grid: tuple[int, int], size: tuple[int, int], input_size: int) -> np.ndarray:
     """[..., h*w] maps on the token grid -> float32 [..., H, W] at image resolution, each summing to 1.
 

@@ -1,9 +1,10 @@
 """Saving and loading a model folder: config.json, model.safetensors, the tokenizer files and
 the reference index, locally or through the Hugging Face Hub.
 
-Loading checks everything (config version, tokenizer, index, every tensor's name and shape)
-before a single weight is copied, so a bad folder fails with one clear message instead of
-leaving a half-loaded model. Only safetensors is read; nothing is ever unpickled.
+Loading checks everything before a single weight is copied (config version, every field's type
+and range, tokenizer, index, every tensor's name and shape against the model built on the meta
+device, finite values), so a bad folder fails fast and in little memory with one clear message
+instead of leaving a half-loaded model. Only safetensors is read; nothing is ever unpickled.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import REVTAFConfig
+from .decisions import DecisionRule
 from .hub import DEFAULT_WEIGHTS, push_folder, resolve_weights
 from .model import REVTAF
 from .reference_index import ReferenceIndex
@@ -36,6 +38,8 @@ def save_pretrained(model: REVTAF, directory: str | os.PathLike, *, dtype: torch
     model.tokenizer.save_pretrained(directory)
     if model.index is not None:
         model.index.save(directory)
+    if model.decision is not None:
+        model.decision.save(directory)
     return directory
 
 
@@ -62,28 +66,50 @@ def _unique_tensors(model: REVTAF, dtype: torch.dtype | None) -> dict[str, torch
     return out
 
 
-def _read_state_dict(path: Path, expected: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Read and validate all tensors; raise ValueError naming what is wrong. Returns the
-    tensors and the expected names that are absent (checked by the caller for tied aliases)."""
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape from the safetensors header alone: no weight is read yet."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = set(f.keys())
-            tensors = {k: f.get_tensor(k) for k in keys}
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
-    # Tied weights are stored once; any alias of a stored tensor may be absent.
-    missing = sorted(k for k in set(expected) - keys)
-    unexpected = sorted(keys - set(expected))
+
+
+def _check_shapes(path: Path, stored: dict[str, tuple[int, ...]], config: REVTAFConfig, tokenizer) -> None:
+    """The file's names and shapes against the model config.json describes, built on the meta device
+    (no memory, milliseconds), so a mismatched config is refused before a large model is allocated.
+    Names absent from the file are checked after the real build (tied weights are stored once)."""
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(t.shape) for k, t in REVTAF(config, tokenizer).state_dict().items()}
+    except (RuntimeError, ValueError, TypeError, AssertionError) as err:
+        raise ValueError(f"config.json describes a model that cannot be built ({err})") from err
+    unexpected = sorted(set(stored) - set(expected))
     if unexpected:
         raise ValueError(f"{path} holds tensors this model does not have, e.g. {unexpected[:3]}: incompatible weights")
-    shapes = [k for k in keys if tuple(tensors[k].shape) != tuple(expected[k].shape)]
-    if shapes:
-        k = shapes[0]
+    wrong = [k for k in stored if stored[k] != expected[k]]
+    if wrong:
+        k = wrong[0]
         raise ValueError(
-            f"{path}: {len(shapes)} tensor(s) have the wrong shape, e.g. {k} is {tuple(tensors[k].shape)}, "
-            f"the model expects {tuple(expected[k].shape)}: the weights do not match config.json"
+            f"{path}: {len(wrong)} tensor(s) have the wrong shape, e.g. {k} is {stored[k]}, "
+            f"the model expects {expected[k]}: the weights do not match config.json"
         )
-    return tensors, missing
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checked file; NaN or infinite weights are refused (they load silently and
+    make every report empty)."""
+    tensors, broken = {}, []
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+            if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all():
+                broken.append(k)
+    if broken:
+        raise ValueError(
+            f"{path}: {len(broken)} tensor(s) hold NaN or infinite values, e.g. {broken[0]}: the weights are corrupt"
+        )
+    return tensors
 
 
 def from_pretrained(
@@ -108,16 +134,19 @@ def from_pretrained(
         raise ValueError(f"cannot load the tokenizer in {folder}: {err}") from err
     if config.vocab_size and len(tokenizer) != config.vocab_size:
         raise ValueError(f"the tokenizer in {folder} has {len(tokenizer)} tokens, config.json says {config.vocab_size}")
+    path = folder / WEIGHTS_NAME
+    _check_shapes(path, _stored_shapes(path), config, tokenizer)
     has_index = load_index and (folder / "reference_index.json").is_file()
     index = ReferenceIndex.load(folder, texts_from=texts_from) if has_index else None
 
+    decision = DecisionRule.load(folder)
     model = REVTAF(config, tokenizer, index)
-    expected = model.state_dict()
-    tensors, missing = _read_state_dict(folder / WEIGHTS_NAME, expected)
-    canonical = _shared_storage(expected)
-    absent = sorted(k for k in missing if canonical[k] not in tensors)  # a tied alias of a stored tensor is fine
+    model.decision = decision
+    tensors = _read_tensors(path)
+    canonical = _shared_storage(model.state_dict())
+    absent = sorted(k for k in set(canonical) - set(tensors) if canonical[k] not in tensors)  # tied aliases are fine
     if absent:
-        raise ValueError(f"{folder / WEIGHTS_NAME} lacks {len(absent)} tensor(s), e.g. {absent[:3]}")
+        raise ValueError(f"{path} lacks {len(absent)} tensor(s), e.g. {absent[:3]}")
     model.load_state_dict(tensors, strict=False)
     model.decoder.bert.tie_weights()
     return model.to(device).eval()

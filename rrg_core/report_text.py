@@ -76,3 +76,27 @@ def truncate_words(text: str, max_words: int) -> str:
     if max_words < 0:
         raise ValueError(f"max_words must be >= 0, got {max_words}")
     return " ".join(text.split()[:max_words])
+
+
+# Abbreviations that a clinical reader expects in capitals (the tokenizer lower-cases everything).
+_ABBREVIATIONS = ("xxxx", "ij", "et", "ng", "og", "picc", "aicd", "icd", "svc", "ivc", "copd", "ct", "ap", "pa",
+                  "cabg", "chf", "ekg", "ecg", "mri", "t1", "t12", "l1", "ge")
+_ABBREVIATION = re.compile(r"\b(" + "|".join(_ABBREVIATIONS) + r")\b")
+
+
+def to_prose(text: str) -> str:
+    """Decoder output (``"plate - like atelectasis . no effusion ."``) as clinical prose
+    (``"Plate-like atelectasis. No effusion."``): the tokenizer's spacing undone, sentences in
+    sentence case, known abbreviations in capitals. The metrics normalise text again
+    (:func:`normalize_report`), so this changes what a reader sees, not how it is scored."""
+    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"\s*-\s*", "-", text)  # "plate - like" -> "plate-like"
+    text = re.sub(r"\s*/\s*", "/", text)
+    text = re.sub(r"\(\s+", "(", text)
+    text = re.sub(r"\s+\)", ")", text)
+    text = re.sub(r"(\d)\s*\.\s*(\d)", r"\1.\2", text)  # "2 . 5 cm" -> "2.5 cm"
+    text = re.sub(r"\s+([.,;:?!%])", r"\1", text)
+    text = re.sub(r"([.;?!])(?=[^\s\d])", r"\1 ", text)
+    text = _ABBREVIATION.sub(lambda m: m.group(1).upper(), text)
+    sentences = re.split(r"(?<=[.?!])\s+", text)
+    return " ".join(s[:1].upper() + s[1:] for s in sentences if s)

@@ -14,7 +14,8 @@ Decisions worth knowing:
 - PALETTE COLOR DICOM is refused: radiographs are never stored that way.
 - Transparent raster areas are flattened onto black (air).
 - Metadata comes from an allow-list; identifying fields are never read, and warnings raised while
-  parsing are silenced because pydicom's value checks can quote them.
+  parsing are silenced because pydicom's value checks can quote them. The study date is reduced
+  to its year (a full date identifies a patient under HIPAA Safe Harbor).
 """
 from __future__ import annotations
 
@@ -66,7 +67,6 @@ _DICOM_METADATA = {
     "Modality": "modality",
     "ViewPosition": "view_position",
     "BodyPartExamined": "body_part_examined",
-    "StudyDate": "study_date",
     "PhotometricInterpretation": "photometric_interpretation",
 }
 # First bytes of files people upload by mistake or that Pillow cannot open when damaged.
@@ -291,6 +291,9 @@ def _read_dicom(data: bytes) -> XRay:
     metadata: dict[str, Any] = {
         key: str(ds[keyword].value) for keyword, key in _DICOM_METADATA.items() if ds.get(keyword)
     }
+    year = str(ds.get("StudyDate") or "")[:4]
+    if year.isdigit():
+        metadata["study_year"] = year
     metadata |= {"width": columns, "height": rows, "transfer_syntax": syntax.name}
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     if spacing:

@@ -12,7 +12,9 @@ from model_fixtures import tiny_model
 from PIL import Image
 
 from rrg_core.__main__ import main
+from rrg_core.labeler import label_report
 from rrg_core.observations import OBSERVATIONS
+from rrg_core.preprocessing import MAX_MAP_SIDE
 from rrg_core.pretrained import from_pretrained
 from rrg_core.xray_io import read_xray
 
@@ -53,7 +55,8 @@ def test_json_has_one_record_per_file_and_a_bad_file_does_not_stop_the_rest(weig
     assert main(["report", *paths, "--weights", str(weights), "--json", "--beams", "2", "--max-length", "12"]) == 0
     records = _records(capsys)
     assert [r["file"] for r in records] == paths
-    assert all(list(r) == ["file", "report", "findings", "references", "error"] for r in records)
+    keys = ["file", "report", "findings", "references", "overrides", "consistency", "error"]
+    assert all(list(r) == keys for r in records)
 
     bad = records[1]
     assert bad["error"].startswith("This is a text file, not an image")
@@ -71,6 +74,65 @@ def test_json_has_one_record_per_file_and_a_bad_file_does_not_stop_the_rest(weig
     assert good["references"][0]["is_global_prompt"] and good["references"][0]["text"]
     distances = [r["distance"] for r in good["references"]]
     assert distances == sorted(distances) and len(distances) == model.config.top_k
+
+
+def test_a_state_override_reaches_the_text_and_is_marked_as_the_readers(weights, files, capsys):
+    argv = ["report", str(files["chest"]), "--weights", str(weights), "--json", "--max-length", "12"]
+    assert main([*argv, "--state", "pleural effusion=positive", "--state", "Cardiomegaly=negative"]) == 0
+    record = _records(capsys)[0]
+    assert record["overrides"] == {"Pleural Effusion": "positive", "Cardiomegaly": "negative"}
+    findings = {f["observation"]: f for f in record["findings"]}
+    assert findings["Pleural Effusion"]["state"] == "positive" and findings["Pleural Effusion"]["set_by"] == "reader"
+    assert findings["Cardiomegaly"]["set_by"] == "reader" and findings["Edema"]["set_by"] == "model"
+    labels = label_report(record["report"])
+    assert labels["Pleural Effusion"] == 1 and labels["Cardiomegaly"] != 1
+def test_no_maps_gives_the_same_report_and_map_sides(weights, files, capsys):
+    args = ["report", str(files["chest"]), "--weights", str(weights), "--json", "--max-length", "8"]
+    assert main(args) == 0 and main([*args, "--no-maps"]) == 0
+    with_maps, without = _records(capsys)
+    assert without["report"] == with_maps["report"]
+    assert [f["p_positive"] for f in without["findings"]] == [f["p_positive"] for f in with_maps["findings"]]
+    # The sides come from the maps at the model's own resolution, so the text does not change.
+    assert [f["map_right_share"] for f in without["findings"]] == [f["map_right_share"] for f in with_maps["findings"]]
+
+
+def test_heatmaps_are_capped_as_in_the_demo(weights, tmp_path, monkeypatch, capsys):
+    """A full-size film's 35 maps at its own resolution took 3 GB; the CLI asks for them capped."""
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (2400, 1800), dtype=np.uint8)).save(big)
+    model = from_pretrained(weights)
+    shapes = []
+    real = model.generate_from_xrays
+
+    def spy(*args, **kwargs):
+        reports = real(*args, **kwargs)
+        shapes.extend(m.heatmap.shape for m in reports[0].attention)
+        return reports
+
+    monkeypatch.setattr(model, "generate_from_xrays", spy)
+    monkeypatch.setattr("rrg_core.pretrained.load_model", lambda *args, **kwargs: model)
+    assert main(["report", str(big), "--json", "--max-length", "4"]) == 0
+    assert set(shapes) == {(MAX_MAP_SIDE, MAX_MAP_SIDE * 3 // 4)}
+    assert _records(capsys)[0]["error"] is None
+
+
+def test_json_is_strict_null_for_non_finite_numbers(weights, files, monkeypatch, capsys):
+    model = from_pretrained(weights)
+    real = model.generate_from_xrays
+
+    def broken(*args, **kwargs):
+        reports = real(*args, **kwargs)
+        reports[0].references[0].distance = float("nan")
+        reports[0].probabilities["Edema"] = [float("inf")] * 4
+        return reports
+
+    monkeypatch.setattr(model, "generate_from_xrays", broken)
+    monkeypatch.setattr("rrg_core.pretrained.load_model", lambda *args, **kwargs: model)
+    assert main(["report", str(files["chest"]), "--json", "--max-length", "4"]) == 0
+    line = capsys.readouterr().out.strip()
+    record = json.loads(line, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+    assert record["references"][0]["distance"] is None
+    assert next(f for f in record["findings"] if f["observation"] == "Edema")["p_positive"] is None
 
 
 def test_text_form_is_readable(weights, files, capsys):
@@ -104,6 +166,9 @@ def test_text_form_gives_the_side_of_each_flagged_findings_map():
         (["summarise", "x.png"], "invalid choice"),
         (["report", "x.png", "--weights", "/nonexistent/weights"], "weights folder /nonexistent/weights does not exist"),
         (["report", "x.png", "--weights", "nobody/nothing@v1"], "cannot download weights nobody/nothing@v1"),  # offline
+        (["report", "x.png", "--state", "Heart=positive"], "unknown observation 'Heart'"),
+        (["report", "x.png", "--state", "Cardiomegaly=likely"], "unknown state 'likely' for Cardiomegaly"),
+        (["report", "x.png", "--state", "Cardiomegaly"], "expected OBSERVATION=STATE"),
     ],
 )
 def test_usage_errors_exit_with_code_2(argv, message, capsys):

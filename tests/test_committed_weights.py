@@ -75,3 +75,25 @@ def test_default_weights_call_the_examples_finding(default_model, example, findi
 def test_default_weights_call_nothing_on_the_normal_example(default_model):
     report = default_model.generate_from_xrays([read_xray(EXAMPLES / "normal.png")], num_beams=1)[0]
     assert not _positives(report) - {"No Finding"}
+
+
+@pytest.mark.parametrize("weights", ["synthcxr", "iu-xray-small"])
+def test_committed_weights_ship_tuned_thresholds(weights):
+    model = from_pretrained(WEIGHTS / weights)
+    assert model.decision is not None and set(model.decision.thresholds) == set(OBSERVATIONS) - {"No Finding"}
+    assert "validation" in model.decision.fitted_on
+
+
+@pytest.mark.real_data
+def test_iu_drafts_on_real_films_follow_the_findings_and_the_reader(iu_xray_root):
+    from rrg_core.datasets import load_split
+    from rrg_core.labeler import label_report
+
+    model = from_pretrained(WEIGHTS / "iu-xray-small").eval()
+    studies = load_split(iu_xray_root, "test")[:3]
+    views = [[read_xray(p) for p in s.image_paths] for s in studies]
+    forced = [{"Cardiomegaly": "positive", "Pleural Effusion": "positive"}, {"Pneumothorax": "positive"}, None]
+    for report in (*model.generate_from_xrays(views, max_map_side=64),
+                   *model.generate_from_xrays(views, max_map_side=64, states=forced)):
+        labels = label_report(report.text)
+        assert {o for o, v in labels.items() if v == 1} == _positives(report), report.text

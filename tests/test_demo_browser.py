@@ -15,6 +15,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from demo import rendering
 from demo.ui import EXAMPLES_DIR
+from rrg_core.labeler import label_report
 from rrg_core.pretrained import from_pretrained
 from rrg_core.xray_io import read_xray
 
@@ -120,3 +121,28 @@ def test_the_dicom_example_from_the_gallery(page):
     expect(page.locator("#heatmap img")).to_be_visible()
     expect(page.locator("#report textarea")).not_to_have_value("")
     page.screenshot(path=str(SHOTS / "dicom_example.png"), full_page=True)
+
+
+def test_the_reader_overrules_a_finding_and_the_draft_follows(page):
+    _upload(page, EXAMPLES_DIR / "normal.png")
+    page.get_by_role("button", name="Generate report").click()
+    report = page.locator("#report textarea")
+    expect(report).not_to_have_value("")
+    row = page.locator("#findings [role=row]").filter(has=page.get_by_role("gridcell", name="Pneumothorax", exact=True))
+    cell = row.get_by_role("gridcell").nth(rendering.STATE_COLUMN)
+    cell.scroll_into_view_if_needed()
+    cell.dblclick()
+    cell.locator("textarea, input").fill("pos")
+    page.keyboard.press("Enter")
+    expect(cell).to_contain_text("pos")
+    page.get_by_role("button", name="Redraft with these findings").click()
+    expect(row).to_contain_text("set by the reader")
+    expect(report).to_have_value(re.compile("pneumothorax", re.IGNORECASE))
+    assert label_report(report.input_value())["Pneumothorax"] == 1
+    payload = _download_json_until(page, lambda p: p["overrides"] == {"Pneumothorax": "positive"})
+    assert payload["report"] == report.input_value()
+    page.screenshot(path=str(SHOTS / "redraft.png"), full_page=True)
+
+    page.get_by_role("button", name="Back to the model's findings").click()
+    expect(row).not_to_contain_text("set by the reader")
+    payload = _download_json_until(page, lambda p: p["overrides"] == {})

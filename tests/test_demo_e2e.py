@@ -160,14 +160,23 @@ def test_the_page_says_whether_the_maps_are_emergent(weights):
     assert service.load(str(weights)).maps_note == service.EMERGENT_MAPS  # trained without masks
 
 
-def test_a_full_size_radiograph_gets_heatmaps_no_larger_than_the_page_draws(weights):
-    """35 maps at 3,000 x 2,400 would be about a GB per view: the demo asks for them capped."""
+def test_a_full_size_radiograph_gets_capped_heatmaps_and_its_session_keeps_a_few_mb(weights):
+    """35 maps at 3,000 x 2,400 would be about a GB per view: the demo asks for them capped, and a
+    session keeps only 8-bit display copies and small maps (the films and maps once took 170 MB)."""
     import numpy as np
 
+    from rrg_core.preprocessing import MAX_MAP_SIDE
     from rrg_core.xray_io import XRay
 
     loaded = service.load(str(weights))
     big = XRay(np.random.default_rng(0).random((3000, 2400), dtype=np.float32), "PNG")
     result = service.generate(loaded, [big], beams=1, max_length=5)
-    shapes = {m.heatmap.shape for m in result.report.attention}
-    assert shapes == {(service.MAP_SIDE, round(2400 * service.MAP_SIDE / 3000))}
+    assert {m.heatmap.shape for m in result.report.attention} == {(MAX_MAP_SIDE, round(2400 * MAX_MAP_SIDE / 3000))}
+
+    kept = service.evidence(result)
+    assert {m.heatmap.shape for m in kept.report.attention} == {(service.SESSION_MAP_SIDE, 102)}
+    assert all(abs(float(m.heatmap.sum(dtype=np.float64)) - 1) < 1e-2 for m in kept.report.attention)
+    assert [d.shape for d in kept.displays] == [(service.DISPLAY_SIDE, 819)] and kept.displays[0].dtype == np.uint8
+    held = sum(m.heatmap.nbytes for m in kept.report.attention) + sum(d.nbytes for d in kept.displays)
+    assert held < 3 * 2**20
+    assert kept.summary == result.report.to_dict()  # the export keeps the full-size maps' figures

@@ -3,6 +3,7 @@ and requests wait for the model; the app's imports hold nothing that only traini
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -27,10 +28,11 @@ TRAINING_ONLY = ("train", "rrg_core.metrics", "rrg_core.evaluation", "rrg_core.s
                  "pycocoevalcap", "matplotlib")
 PROBE = """
 import json, sys
+from pathlib import Path
 import app
-from demo import service, ui
+from demo import service, storage, ui
 loading = service.Loading(sys.argv[1])
-ui.build(loading)
+ui.build(loading, storage.RunFolder(Path(sys.argv[2])))
 before = [m for m in HEAVY if m in sys.modules]
 loading.start().result()
 after = [m for m in TRAINING_ONLY if m in sys.modules]
@@ -44,20 +46,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_page_needs_no_torch_and_the_model_nothing_only_training_needs(weights):
+def test_the_page_needs_no_torch_and_the_model_nothing_only_training_needs(weights, tmp_path):
     code = f"HEAVY, TRAINING_ONLY = {HEAVY!r}, {TRAINING_ONLY!r}\n" + PROBE
-    done = subprocess.run([sys.executable, "-c", code, str(weights)], cwd=REPO, capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run([sys.executable, "-c", code, str(weights), str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, check=True)
     modules = json.loads(done.stdout.strip().splitlines()[-1])
     assert modules == {"before": [], "after": []}
 
 
 def test_app_answers_before_the_model_is_loaded_and_a_request_waits_for_it(weights, monkeypatch):
-    release, pages, exit_codes, reports = threading.Event(), [], [], []
-    load_model, launch = service.Loading._load_model, ui.launch
+    release, answered, exit_codes, reports = threading.Event(), threading.Event(), [], []
+    load_model = service.Loading._load_model
     monkeypatch.setattr(service.Loading, "_load_model", lambda self: release.wait(120) and load_model(self))
-    monkeypatch.setattr(ui, "launch", lambda page, **kwargs: (pages.append(page), launch(page, **kwargs)))
-    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)  # main returns once the model is there
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: answered.wait(120))  # then main closes the page
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # app.main runs in a thread here
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
     main = threading.Thread(target=lambda: exit_codes.append(app.main(["--weights", str(weights), "--port", str(port)])))
@@ -72,13 +74,13 @@ def test_app_answers_before_the_model_is_loaded_and_a_request_waits_for_it(weigh
         assert request.is_alive() and not reports, "no report can exist before the model is loaded"
         release.set()
         request.join(timeout=120)
+        answered.set()
         main.join(timeout=120)
         assert exit_codes == [0] and reports and reports[0][0], "the waiting request gets its report"
     finally:
         release.set()
+        answered.set()
         main.join(timeout=120)
-        for served in pages:
-            served.close()
 
 
 def _wait_for(url: str, timeout_s: float = 60) -> str:
@@ -93,7 +95,8 @@ def _wait_for(url: str, timeout_s: float = 60) -> str:
             time.sleep(0.1)
 
 
-def test_weights_that_fail_to_load_stop_the_served_app_with_one_sentence(tmp_path, weights, capsys):
+def test_weights_that_fail_to_load_stop_the_served_app_with_one_sentence(tmp_path, weights, capsys, monkeypatch):
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # leave pytest's handlers alone
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "README.md"):
         (tmp_path / name).write_bytes((weights / name).read_bytes())
     (tmp_path / "model.safetensors").write_bytes(b"not safetensors")

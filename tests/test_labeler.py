@@ -82,6 +82,22 @@ CASES: list[tuple[str, dict[str, int]]] = [
         {"Pleural Effusion": 1},
     ),
     ("No pneumothorax. Small right pleural effusion.", {"Pneumothorax": 0, "Pleural Effusion": 1}),
+    # ... and by a comma before a grade, unless an "or" closes a negated list after it
+    ("No pneumothorax, mild cardiomegaly.", {"Pneumothorax": 0, "Cardiomegaly": 1}),
+    ("No acute fracture, healed left rib fractures.", {"Fracture": 1}),
+    ("Possible pneumonia, small right effusion.", {"Pneumonia": -1, "Pleural Effusion": 1}),
+    (
+        "No focal consolidation, large pleural effusion, or pneumothorax.",
+        {"Consolidation": 0, "Pleural Effusion": 0, "Pneumothorax": 0, "No Finding": 1},
+    ),
+    (
+        "Heart size within normal limits, stable mediastinal and hilar contours.",
+        {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0, "No Finding": 1},
+    ),
+    (
+        "Stable borderline cardiomegaly, stable mediastinal and hilar contours.",
+        {"Cardiomegaly": -1, "Enlarged Cardiomediastinum": -1},
+    ),
     # pre-negation uncertainty
     ("A small pneumothorax cannot be excluded.", {"Pneumothorax": -1}),
     ("Cannot exclude early pneumonia.", {"Pneumonia": -1}),
@@ -103,6 +119,20 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("Findings are suggestive of mild pulmonary edema.", {"Edema": -1}),
     ("Atelectasis versus pneumonia in the left base.", {"Atelectasis": -1, "Pneumonia": -1}),
     ("Bibasilar atelectasis or consolidation.", {"Atelectasis": -1, "Consolidation": -1}),
+    (
+        "There is minimal patchy atelectasis or early infiltrate in left lung base.",
+        {"Atelectasis": -1, "Lung Opacity": -1},
+    ),
+    # "XXXX" is IU X-Ray's mask of "likely", a hedge, where "likely" is the reading ...
+    (
+        "Minimal streaky opacities in the lung bases, XXXX subsegmental atelectasis.",
+        {"Lung Opacity": 1, "Atelectasis": -1},
+    ),
+    ("Bibasilar opacities XXXX representing atelectasis.", {"Lung Opacity": 1, "Atelectasis": -1}),
+    ("Left upper lobe airspace disease most XXXX pneumonia.", {"Lung Opacity": 1, "Pneumonia": -1}),
+    # ... and only there
+    ("XXXX atelectasis in the right lung base.", {"Atelectasis": 1}),
+    ("There is mild, XXXX opacity over the left lung base.", {"Lung Opacity": 1}),
     ("Mild pulmonary vascular congestion.", {"Edema": -1}),
     ("Age-indeterminate left rib fracture.", {"Fracture": 1}),
     # "no new", "stable", "unchanged"
@@ -116,15 +146,25 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("Moderate right-sided pleural effusion, small on the left.", {"Pleural Effusion": 1}),
     # exclusions
     ("There may be a pericardial effusion.", {"No Finding": 1}),
+    # granulomas and calcified nodules are no Lung Lesion (CheXpert), but rule out No Finding
     ("Calcified granuloma in the right upper lobe.", {}),
+    ("There are calcified granulomas.", {}),
+    ("Scattered calcified nodules.", {}),
     ("No non-calcified nodules.", {"Lung Lesion": 0, "No Finding": 1}),
     ("There is a 9 mm right lower lobe pulmonary nodule.", {"Lung Lesion": 1}),
     ("There is no pleural line to suggest pneumothorax.", {"Pneumothorax": 0, "No Finding": 1}),
     ("Mild blunting of the left costophrenic angle.", {"Pleural Effusion": -1}),
     ("Biapical pleural thickening.", {"Pleural Other": 1}),
-    # other abnormalities block No Finding without a label of their own
+    # other abnormalities on CheXpert's No Finding list block No Finding without a label of their
+    # own (the shipped CheXpert labels: all 258 otherwise normal IU reports with "degenerative")
     ("Degenerative changes of the thoracic spine. No acute bony abnormality.", {}),
     ("A large hiatal hernia is noted. Lungs are clear.", {}),
+    # ... findings off that list do not, nor do devices
+    ("Heart size is normal. The aorta is tortuous. Lungs are clear.", {"Cardiomegaly": 0, "No Finding": 1}),
+    (
+        "Spinal stimulator leads overlie the thoracic spine. Lungs are clear.",
+        {"Support Devices": 1, "No Finding": 1},
+    ),
     # fractures and devices
     ("Healed right rib fracture.", {"Fracture": 1}),
     ("No acute fracture. Old healed left rib fractures.", {"Fracture": 1}),
@@ -196,8 +236,8 @@ def test_thousands_of_reports_per_second() -> None:
 
 @pytest.mark.real_data
 def test_agreement_with_chexpert_labeler_on_iu_xray(iu_xray_root: Path) -> None:
-    """Regression guard. Measured when written (2,947 reports): micro-F1 on positives 0.827,
-    4-state accuracy 0.962, Lung Opacity F1 0.943, Pleural Effusion F1 0.897. The reference has
+    """Regression guard. Measured (2,947 reports, docs/labeler.md): micro-F1 on positives 0.820,
+    4-state accuracy 0.961, Lung Opacity F1 0.937, Pleural Effusion F1 0.889. The reference has
     systematic errors, so these are floors against regressions, not targets."""
     from train.labeler_agreement import agreement, labelled_reports
 

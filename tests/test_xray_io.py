@@ -288,8 +288,8 @@ def test_dicom_metadata_is_the_allow_list() -> None:
         "modality": "CR",
         "view_position": "PA",
         "body_part_examined": "CHEST",
-        "study_date": "20240131",
         "photometric_interpretation": "MONOCHROME2",
+        "study_year": "2024",  # the year only: a full date identifies a patient
         "width": WIDTH,
         "height": HEIGHT,
         "transfer_syntax": "JPEG 2000 Image Compression (Lossless Only)",

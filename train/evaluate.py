@@ -16,6 +16,16 @@ from rrg_core.metrics import markdown_table
 from rrg_core.pretrained import from_pretrained
 
 
+def diagnosis_table(auroc: dict) -> str:
+    """The diagnosis head's AUROC per observation, and their mean, as Markdown."""
+    lines = ["| diagnosis head | positives | AUROC |", "| --- | ---: | ---: |"]
+    for name, value in auroc["per_class"].items():
+        lines.append(f"| {name} | {auroc['positives'][name]} | {'-' if value is None else f'{value:.3f}'} |")
+    mean = "-" if auroc["mean"] is None else f"{auroc['mean']:.3f}"
+    lines.append(f"| **mean** (>= {auroc['min_positives']} positives: {len(auroc['mean_over'])}) | | {mean} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Evaluate REVTAF weights (NLG, CE, retrieval, grounding).")
     parser.add_argument("--weights", default=None, help="model folder or ORG/REPO[@REV] (default: embedded)")
@@ -44,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     ce = result["ce"]
     print(f"\nCE F1 micro {ce['micro']['f1']:.3f}  macro {ce['macro']['f1']:.3f}  example {ce['example']['f1']:.3f}"
           f"  head {ce['head']['f1']:.3f}  tail {ce['tail']['f1']:.3f}")
+    print("\n" + diagnosis_table(result["diagnosis"]["auroc"]))
     r = result["retrieval"]
     print(f"retrieval: mean Hamming {r['hamming']:.2f}, label-match P@1 {r['precision_at_1']:.3f}")
     if "grounding" in result:

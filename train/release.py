@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from rrg_core.datasets import load_split
-from rrg_core.evaluation import evaluate, tune_decision_adjustment
+from rrg_core.evaluation import evaluate, fit_decision_rule
 from rrg_core.phantoms import write_dataset
 from rrg_core.pretrained import from_pretrained
 
@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> Path:
     model = from_pretrained(run / "best")
     if args.no_texts and model.index is not None:
         model.index.texts = None
-    # Tune how the predicted states use the prior on the run's validation split.
+    # Tune each observation's decision threshold on the run's validation split (decision.json).
     val = load_split(resolve_data(TrainConfig(**train_config)), "val")[: train_config.get("max_val_studies")]
-    model.config.decision_adjustment, f1_by_value = tune_decision_adjustment(model, val, dataset=train_config["dataset"])
-    print(f"decision_adjustment {model.config.decision_adjustment} (validation micro-F1 by value: "
-          + ", ".join(f"{k}: {v:.3f}" for k, v in f1_by_value.items()) + ")")
+    model.decision = fit_decision_rule(model, val, dataset=train_config["dataset"],
+                                       fitted_on=f"the validation split of {run} ({len(val)} studies)")
+    print("decision thresholds:", json.dumps(model.decision.thresholds))
     out = Path(args.out)
     model.save_pretrained(out, dtype=torch.float16 if args.half else None)
     # Evaluate what was saved (float16 weights included), so train.evaluate reproduces it.
