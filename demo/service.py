@@ -50,7 +50,7 @@ SESSION_MAP_SIDE = 128  # and its heatmaps this large (smooth maps on a 20 x 20 
 BEAMS = (1, 6)  # the page's and the API's ranges of the decoding options
 MAX_LENGTHS = (10, 200)
 # CPU threads for torch and faiss on the request path. On a shared 2-core machine under load,
-# 2 threads made one report 15-20x slower than 1 (benchmarks/bench_pipeline.py measures both).
+# 2 threads made one report 11-21x slower than 1 (benchmarks/bench_pipeline.py measures both).
 REQUEST_THREADS = 1
 # What can go wrong while loading weights and reference data; each carries one clear sentence.
 STARTUP_ERRORS = (WeightsUnavailable, ValueError, FileNotFoundError)
