@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,6 +205,17 @@ def test_findings_table_has_every_observation_sorted_by_probability_with_state_a
     assert p_positive == sorted(p_positive, reverse=True)
 
 
+def test_the_reader_edits_states_in_the_table():
+    report = _report()
+    rows = rendering.findings_table(report)
+    rows[0][rendering.STATE_COLUMN] = "NEG"  # any unambiguous start of a state, any case
+    rows[3][rendering.STATE_COLUMN] = "not mentioned"
+    assert rendering.edited_states(report, rows) == {"Cardiomegaly": "negative", "Pneumothorax": "blank"}
+    rows[1][rendering.STATE_COLUMN] = "maybe"
+    with pytest.raises(ValueError, match="“maybe” is not a state"):
+        rendering.edited_states(report, rows)
+
+
 def test_references_table_shows_distance_marks_the_global_prompt_and_lists_positives():
     rows = rendering.references_table(_report(), text_chars=60)
     assert [r[:4] for r in rows] == [[1, "s7", 0.1235, "★ global prompt"], [2, "s3", 0.25, ""]]
@@ -250,8 +260,7 @@ def _result(text: str = "no acute disease .") -> service.Result:
 
 
 def test_downloads_hold_the_edited_text_the_draft_and_provenance_and_are_pruned(tmp_path):
-    (tmp_path / "outbox").mkdir()
-    outbox = service.Outbox(tmp_path / "outbox", max_age_s=60)
+    outbox = service.Outbox(tmp_path, max_age_s=60)
     txt, js = outbox.export(service.evidence(_result()), "no acute cardiopulmonary disease .")
     assert txt.name == "rrg-report-2025-01-02T030405Z.txt"
     assert txt.read_text().endswith("\n\nno acute cardiopulmonary disease .\n")
@@ -273,15 +282,13 @@ def test_read_views_names_the_failing_view_and_asks_for_a_frontal(tmp_path):
     good, bad = tmp_path / "f.png", tmp_path / "l.png"
     Image.fromarray(np.tile(np.arange(128, dtype=np.uint8), (96, 1))).save(good)
     bad.write_text("not an image at all")
-    def fetch(name: str) -> bytes | None:
-        return Path(name).read_bytes() if Path(name).exists() else None
-
-    views = service.read_views(str(good), None, fetch)
+    held = {str(p): p.read_bytes() for p in (good, bad)}
+    views = service.read_views(str(good), None, held.get)
     assert len(views) == 1 and views[0].pixels.shape == (96, 128)
     assert views[0].pixels[0, 127] == pytest.approx(127 / 255)
     with pytest.raises(UnreadableImage, match="^Lateral view: This is a text file"):
-        service.read_views(str(good), str(bad), fetch)
+        service.read_views(str(good), str(bad), held.get)
     with pytest.raises(UnreadableImage, match="Upload a frontal"):
-        service.read_views(None, str(good), fetch)
+        service.read_views(None, str(good), held.get)
     with pytest.raises(UnreadableImage, match="upload it again"):
-        service.read_views(str(tmp_path / "gone.png"), None, fetch)
+        service.read_views(str(tmp_path / "gone.png"), None, held.get)
