@@ -8,6 +8,8 @@ Each option has an environment equivalent (RRG_WEIGHTS, RRG_REFERENCE_DATA, GRAD
 GRADIO_SERVER_PORT, RRG_AUTH, RRG_ALLOWED_HOSTS, RRG_QUEUE_SIZE); Spaces sets the server name and
 port, and its SPACE_HOST is an allowed host. Weights that cannot be had stop the start with one
 sentence on stderr and exit code 2: serving other weights than the ones asked for would be worse.
+The page answers as soon as Gradio serves it and says "Loading the model" until torch,
+transformers and the weights are loaded behind it (requests wait for them).
 
 All files live in a private folder of this run (demo.storage): leftovers of earlier runs are
 deleted first, and this run's folder on exit, SIGTERM (a container stop) and SIGINT alike.
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from demo import service, storage  # and a broken weights folder before gradio is
 
     try:
-        loaded = service.load(args.weights, args.reference_data)
+        loading = service.Loading(args.weights, args.reference_data)  # locates the weights; no torch yet
     except service.STARTUP_ERRORS as err:
         return _cannot_start(err)
     files = storage.RunFolder()  # deletes what earlier runs left
@@ -92,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app.py: warning: serving on {args.host} without --auth: anyone who can reach it may use it",
               file=sys.stderr)
     try:
-        page, refused = ui.build(loaded, files, queue_size=args.queue_size)
+        page, refused = ui.build(loading, files, queue_size=args.queue_size)
         extra = [*args.allowed_hosts.split(","), os.environ.get("SPACE_HOST", "")]
-        ui.launch(page, refused, host=args.host, port=args.port, share=args.share, auth=args.auth, allowed_hosts=extra)
+        ui.launch(page, refused, host=args.host, port=args.port, share=args.share, auth=args.auth,
+                  allowed_hosts=extra, served=lambda: loading.start().result())  # the page answers first
+    except service.STARTUP_ERRORS as err:  # the weights failed to load behind the page
+        return _cannot_start(err)
     except KeyboardInterrupt:
         pass
     finally:

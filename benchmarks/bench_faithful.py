@@ -30,7 +30,6 @@ from rrg_core.evaluation import generate_for, table_text_agreement
 from rrg_core.faithful import named_sides
 from rrg_core.labeler import label_report
 from rrg_core.metrics import clinical_efficacy, nlg_metrics
-from rrg_core.observations import OBSERVATIONS
 from rrg_core.phantoms import write_dataset
 from rrg_core.pretrained import from_pretrained
 from rrg_core.report_text import normalize_report, split_sentences, to_prose

@@ -1,23 +1,26 @@
 """Pure presentation of a :class:`rrg_core.Report`: heatmap overlays, tables and short texts.
 
-No Gradio and no files here, so every function is unit-testable on plain arrays. Figures use
-matplotlib's object API (``Figure`` + Agg canvas), never pyplot, because Gradio calls these from
-worker threads and pyplot's global state is not thread-safe.
+No Gradio and no files here, so every function is unit-testable on plain arrays. Overlays are a
+colour look-up and an alpha blend at display size (numpy + Pillow, a few ms each): matplotlib
+took about 130 ms per overlay and stays for the figures in docs and model cards.
+
+Attention is shown relative to a uniform map (1 = no preference for any place) on one fixed,
+logarithmic colour scale per map kind, so colours mean the same on every map of a kind and one
+pre-rendered legend per kind explains them; a near-uniform map stays near-transparent instead of
+being stretched into bright noise.
 """
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 
 from rrg_core.observations import OBSERVATIONS, STATE_NAMES, State
 from rrg_core.outputs import AttentionMap, Report
-from rrg_core.xray_io import XRay
+from rrg_core.xray_io import XRay, to_uint8
 
 VIEW_NAMES: tuple[str, ...] = ("frontal", "lateral")
 FINDINGS_HEADERS = ["Finding", "State (editable)", "Group", "P(pos.)", "P(unc.)", "P(neg.)", "P(not mentioned)",
@@ -26,48 +29,128 @@ STATE_COLUMN = 1
 # What a reader may type in the state column (any unambiguous start of a word, any case).
 _STATE_WORDS = {"positive": "positive", "negative": "negative", "uncertain": "uncertain",
                 "blank": "blank", "not mentioned": "blank", "none": "blank"}
-COLORMAP = "turbo"
-# Attention is shown relative to a uniform map (1 = no preference for any place). Colours start
-# above 1 and the scale reaches at least MIN_SCALE, so a near-uniform map stays near-transparent
-# instead of being stretched into bright noise.
-MIN_SCALE = 2.0
+# Relative widths of the columns that need more room than a number; any other column gets 1.
+WIDE_COLUMNS = {"Finding": 2.2, "State (editable)": 1.4, "P(not mentioned)": 1.3, "Map side (patient R / L)": 1.6,
+                "Decided by": 1.6}
+# Top of each map kind's colour scale, in multiples of uniform attention. Measured peaks: region
+# maps of the SynthCXR weights 2-34x, of the IU X-Ray weights 1.1-2.5x; global maps of both 1.0x.
+SCALE_TOP = {"region": 32.0, "global": 8.0}
+SCALE_NAMES = {"region": "finding and region maps", "global": "global prompt maps"}
+NEAR_UNIFORM = 2.0  # a map whose peak is below this many times uniform is near-uniform (drawn without colour)
 MAX_ALPHA = 0.6
-FIGURE_WIDTH_IN = 6.4
+DISPLAY_SIDE = 640  # overlays are drawn this wide; the X-ray fits in a DISPLAY_SIDE square
+FONT_PX, MARKER_PX = 16, 24
+BACKGROUND = 255
+# matplotlib's "turbo" at 33 evenly spaced points (interpolated: within 4/255 of the original).
+_TURBO = ("30123b 392a73 4040a2 4456c7 466be3 4680f6 4294ff 37a8fa 28bceb 1ccdd8 18ddc2 1fe9af 32f298 4ef97d "
+          "6dfe62 8bff4b a4fc3c b9f635 cdec34 dfdf37 eecf3a f8be39 fdac34 fe962b fb7e21 f46617 eb500e df3f08 "
+          "d02f05 be2102 a91601 920b01 7a0403")
 
-def overlay_figure(pixels: np.ndarray, heatmap: np.ndarray, title: str) -> Figure:
-    """The X-ray in gray with the attention map on top and a colour bar.
 
-    ``heatmap`` may have another resolution than ``pixels``: both are drawn over the same extent.
+def _colour_table() -> np.ndarray:
+    anchors = np.array([list(bytes.fromhex(h)) for h in _TURBO.split()], np.float64)  # [33, 3]
+    x, at = np.linspace(0, 1, 256), np.linspace(0, 1, len(anchors))
+    return np.stack([np.interp(x, at, anchors[:, c]) for c in range(3)], 1).round().astype(np.uint8)
+
+
+COLOURS = _colour_table()  # [256, 3] uint8
+_ALPHA = [round(MAX_ALPHA * i) for i in range(256)]  # colour level -> opacity (0..255)
+
+
+def scale_level(ratio: np.ndarray, kind: str) -> np.ndarray:
+    """Position on the kind's colour scale, 0 (uniform or less) .. 1 (its top), log-spaced."""
+    return np.clip(np.log(np.maximum(ratio, 1.0)) / np.log(SCALE_TOP[kind]), 0.0, 1.0)
+
+
+def blend(pixels: np.ndarray, heatmap: np.ndarray, kind: str, size: tuple[int, int]) -> np.ndarray:
+    """The X-ray in gray with the map's colour on top, ``size`` = (width, height): uint8 H x W x 3.
+
+    ``heatmap`` (summing to 1) may have another resolution than ``pixels``: both are resized to
+    ``size`` first, and the look-up and blend run in Pillow's C loops (numpy's took 4x longer).
     """
+    gray = Image.fromarray(to_uint8(_resized(pixels, size)), "L").convert("RGB")
+    level = np.rint(scale_level(_resized(heatmap * heatmap.size, size), kind) * 255).astype(np.uint8)
+    colour = Image.fromarray(level, "P")
+    colour.putpalette(COLOURS.tobytes())
+    alpha = Image.fromarray(level, "L").point(_ALPHA)
+    return np.asarray(Image.composite(colour.convert("RGB"), gray, alpha))
+
+
+def _resized(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A float H x W array resized bilinearly (antialiased when shrinking) to ``size`` = (width, height)."""
+    return np.asarray(Image.fromarray(np.asarray(values, np.float32), "F").resize(size, Image.Resampling.BILINEAR))
+
+
+def overlay(pixels: np.ndarray, heatmap: np.ndarray, title: str, kind: str = "region", frontal: bool = True) -> np.ndarray:
+    """One attention map as the page shows it: title, the blended X-ray (R and L markers on a frontal
+    view: the patient's right is on the image's left) and the kind's legend, uint8 H x W x 3."""
     height, width = pixels.shape
-    ratio = heatmap.astype(np.float64) * heatmap.size
-    norm = Normalize(vmin=1.0, vmax=max(float(ratio.max()), MIN_SCALE))
-    alpha = MAX_ALPHA * np.clip(norm(ratio), 0.0, 1.0)
-    extent = (0, width, height, 0)
-
-    # The image gets about 85% of the width (the colour bar the rest) and 0.6 in goes to the title.
-    fig = Figure(figsize=(FIGURE_WIDTH_IN, FIGURE_WIDTH_IN * 0.85 * height / width + 0.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.imshow(pixels, cmap="gray", vmin=0.0, vmax=1.0, extent=extent)
-    ax.imshow(ratio, cmap=COLORMAP, norm=norm, alpha=alpha, extent=extent, interpolation="bilinear")
-    ax.set_title(textwrap.fill(title, 60), fontsize=10)
-    ax.set_axis_off()
-    # A separate mappable: the overlay's per-pixel alpha would otherwise fade the colour bar.
-    fig.colorbar(ScalarMappable(norm=norm, cmap=COLORMAP), ax=ax, shrink=0.85, label="attention ÷ uniform (1 = uniform)")
-    return fig
+    fit = DISPLAY_SIDE / max(height, width)
+    size = (max(1, round(width * fit)), max(1, round(height * fit)))
+    image = Image.fromarray(blend(pixels, heatmap, kind, size))
+    if frontal:
+        _mark_sides(image)
+    banner = _text_block(caption(title, heatmap))
+    canvas = Image.new("RGB", (DISPLAY_SIDE, banner.height + size[1]), (BACKGROUND,) * 3)
+    canvas.paste(banner, (0, 0))
+    canvas.paste(image, ((DISPLAY_SIDE - size[0]) // 2, banner.height))
+    return np.concatenate([np.asarray(canvas), legend(kind)])
 
 
-def figure_to_rgb(fig: Figure) -> np.ndarray:
-    """Render a figure to an H x W x 3 uint8 array."""
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+def caption(title: str, heatmap: np.ndarray) -> str:
+    """The overlay's title with the map's peak, which says when the map is near-uniform."""
+    peak = float(heatmap.max() * heatmap.size / max(float(heatmap.sum()), 1e-12))
+    return f"{title} · peak {peak:.1f}x uniform" + (" (near-uniform: no place stands out)" if peak < NEAR_UNIFORM else "")
 
 
-def overlay(pixels: np.ndarray, heatmap: np.ndarray, title: str) -> np.ndarray:
-    """:func:`overlay_figure` rendered to RGB."""
-    return figure_to_rgb(overlay_figure(pixels, heatmap, title))
+def _mark_sides(image: Image.Image) -> None:
+    """'R' in the top-left and 'L' in the top-right corner, white with a dark outline."""
+    draw, font, margin = ImageDraw.Draw(image), _font(MARKER_PX), MARKER_PX // 3
+    for letter, anchor, x in (("R", "la", margin), ("L", "ra", image.width - margin)):
+        draw.text((x, margin), letter, fill="white", font=font, anchor=anchor, stroke_width=2, stroke_fill="black")
+
+
+@cache
+def legend(kind: str) -> np.ndarray:
+    """The colour scale of one map kind, DISPLAY_SIDE wide (rendered once per kind)."""
+    top, margin, bar_height = SCALE_TOP[kind], 16, 14
+    caption = _text_block(f"Colour: attention / uniform on {SCALE_NAMES[kind]} (1x = no preference, transparent; "
+                          f"log scale to {top:g}x, more opaque as it rises). R / L on frontal views: the patient's "
+                          "right / left.")
+    bar_width = DISPLAY_SIDE - 2 * margin
+    bar = COLOURS[np.rint(np.linspace(0, 255, bar_width)).astype(np.uint8)]
+    strip = Image.new("RGB", (DISPLAY_SIDE, caption.height + bar_height + FONT_PX + 8), (BACKGROUND,) * 3)
+    strip.paste(caption, (0, 0))
+    strip.paste(Image.fromarray(np.repeat(bar[None], bar_height, 0)), (margin, caption.height))
+    draw, font = ImageDraw.Draw(strip), _font(FONT_PX - 2)
+    ticks = 2.0 ** np.arange(0, np.log2(top) + 1e-9)
+    for tick in ticks:
+        x = margin + round(float(np.log(tick) / np.log(top)) * (bar_width - 1))
+        anchor = "la" if tick == ticks[0] else "ra" if tick == ticks[-1] else "ma"
+        draw.text((x, caption.height + bar_height + 2), f"{tick:g}x", fill="black", font=font, anchor=anchor)
+    return np.asarray(strip)
+
+
+def _text_block(text: str) -> Image.Image:
+    """``text`` wrapped to DISPLAY_SIDE, black on the background."""
+    lines = textwrap.wrap(text, DISPLAY_SIDE // (FONT_PX // 2 + 1)) or [""]
+    line_px = FONT_PX + 4
+    block = Image.new("RGB", (DISPLAY_SIDE, line_px * len(lines) + 8), (BACKGROUND,) * 3)
+    draw, font = ImageDraw.Draw(block), _font(FONT_PX)
+    for i, line in enumerate(lines):
+        draw.text((DISPLAY_SIDE // 2, 4 + i * line_px), line, fill="black", font=font, anchor="ma")
+    return block
+
+
+@cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def column_widths(headers: Sequence[str]) -> list[str]:
+    """Percentage widths for a table's columns (WIDE_COLUMNS, else 1 each), one per header, summing to 100."""
+    weights = [WIDE_COLUMNS.get(h, 1.0) for h in headers]
+    return [f"{100 * w / sum(weights):.1f}%" for w in weights]
 
 
 def heatmap_choices(report: Report) -> list[tuple[str, int]]:

@@ -19,24 +19,26 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from huggingface_hub import ModelCard
 from PIL import Image
 
+from rrg_core.config import REVTAFConfig
 from rrg_core.datasets import report_texts
-from rrg_core.hub import WeightsUnavailable, resolve_weights
-from rrg_core.model import REVTAF
+from rrg_core.hub import DEFAULT_WEIGHTS, WeightsUnavailable, resolve_weights
 from rrg_core.outputs import AttentionMap, Report, strict_json
-from rrg_core.preprocessing import MAX_MAP_SIDE
-from rrg_core.pretrained import DEFAULT_WEIGHTS, from_pretrained
 from rrg_core.xray_io import UnreadableImage, XRay, read_xray, to_uint8
 
 from . import rendering
+
+if TYPE_CHECKING:  # torch and transformers load in the background (Loading), after the page answers
+    from rrg_core.model import REVTAF
 
 DISCLAIMER = "Research use only — not for diagnosis."
 OUTBOX_MAX_AGE_S = 120
@@ -45,6 +47,9 @@ DISPLAY_SIDE = 1024  # a session keeps 8-bit copies of the views at most this la
 SESSION_MAP_SIDE = 128  # and its heatmaps this large (smooth maps on a 20 x 20 grid: drawn upscaled)
 BEAMS = (1, 6)  # the page's and the API's ranges of the decoding options
 MAX_LENGTHS = (10, 200)
+# CPU threads for torch and faiss on the request path. On a shared 2-core machine under load,
+# 2 threads made one report 11-21x slower than 1 (benchmarks/bench_pipeline.py measures both).
+REQUEST_THREADS = 1
 # What can go wrong while loading weights and reference data; each carries one clear sentence.
 STARTUP_ERRORS = (WeightsUnavailable, ValueError, FileNotFoundError)
 
@@ -63,6 +68,7 @@ EMERGENT_MAPS = (
     "the model read each prompt, which can be a finding's edge or a neighbouring structure rather "
     "than the finding."
 )
+GATE_FILE = "gate.json"  # rrg_core.gate.GATE_JSON, not imported: rrg_core.gate loads torch, the page must not wait
 NO_GATE = ("These weights have no input gate (no gate.json beside them): nothing checks that an image is a chest "
            "radiograph like the ones they were trained on.")
 HEADLINE_METRICS = ("CE micro-F1", "CE macro-F1", "B4", "pointing game")
@@ -110,27 +116,58 @@ class Evidence:
     notes: list[str]
 
 
+class Loading:
+    """Weights located and described at once (no torch yet: the page can be served), the model
+    itself loaded by :meth:`start` in a background thread; :meth:`result` waits for it.
+
+    Locating raises one of STARTUP_ERRORS with a sentence fit for the terminal, and so does
+    :meth:`result` for weights that cannot be loaded.
+    """
+
+    def __init__(self, weights: str | None = None, reference_data: str | os.PathLike | None = None) -> None:
+        self.folder = resolve_weights(weights if weights is not None else DEFAULT_WEIGHTS)
+        self.weights_id = _weights_id(weights, self.folder)
+        self.card = model_card_summary(self.folder)
+        self.config = REVTAFConfig.load(self.folder / "config.json")
+        self.maps_note = GROUNDED_MAPS if self.config.grounding_weight else EMERGENT_MAPS
+        self.headline = card_headline(self.folder)
+        self.gate_note = None if (self.folder / GATE_FILE).is_file() else NO_GATE
+        self._reference_data = reference_data
+        self._loaded: Future[LoadedModel] = Future()
+
+    def start(self) -> Loading:
+        threading.Thread(target=self._load, name="rrg-load-model", daemon=True).start()
+        return self
+
+    def result(self, timeout: float | None = None) -> LoadedModel:
+        return self._loaded.result(timeout)
+
+    def _load(self) -> None:
+        try:
+            self._loaded.set_result(self._load_model())
+        except BaseException as err:  # handed to whoever waits in result()
+            self._loaded.set_exception(err)
+
+    def _load_model(self) -> LoadedModel:
+        from rrg_core.pretrained import from_pretrained
+        from rrg_core.threads import set_threads
+
+        set_threads(REQUEST_THREADS)
+        texts = report_texts(self._reference_data) if self._reference_data is not None else None
+        model = from_pretrained(self.folder, texts_from=texts)
+        has_texts = model.index is not None and model.index.texts is not None
+        return LoadedModel(model=model, weights_id=self.weights_id, card=self.card,
+                           texts_note=None if has_texts else MISSING_TEXTS, maps_note=self.maps_note,
+                           headline=self.headline, gate_note=self.gate_note)
+
+
 def load(weights: str | None = None, reference_data: str | os.PathLike | None = None) -> LoadedModel:
     """Resolve ``weights`` (None = embedded default, a folder, or ``ORG/REPO[@REVISION]``) and load
     them, attaching report texts from ``reference_data`` (a dataset folder) when given.
 
     Raises one of STARTUP_ERRORS with a sentence fit for the terminal.
     """
-    folder = resolve_weights(weights if weights is not None else DEFAULT_WEIGHTS)
-    texts = None
-    if reference_data is not None:
-        texts = report_texts(reference_data)
-    model = from_pretrained(folder, texts_from=texts)
-    has_texts = model.index is not None and model.index.texts is not None
-    return LoadedModel(
-        model=model,
-        weights_id=_weights_id(weights, folder),
-        card=model_card_summary(folder),
-        texts_note=None if has_texts else MISSING_TEXTS,
-        maps_note=GROUNDED_MAPS if model.config.grounding_weight else EMERGENT_MAPS,
-        headline=card_headline(folder),
-        gate_note=None if model.gate is not None else NO_GATE,
-    )
+    return Loading(weights, reference_data).start().result()
 
 
 def _weights_id(spec: str | None, folder: Path) -> str:
@@ -268,6 +305,8 @@ def generate(
     """Draft a report for one study (1 or 2 views); heatmaps at most MAX_MAP_SIDE large.
     ``overrides`` (observation -> state name) are the reader's changes to the findings, which the
     draft then follows."""
+    from rrg_core.preprocessing import MAX_MAP_SIDE  # torch is loaded by now
+
     n_views = loaded.model.config.n_views
     notes = []
     if len(views) > n_views:

@@ -45,6 +45,7 @@ CACHE_AGE_S = 600  # rendered images and downloads are deleted from Gradio's cac
 GALLERY_SIZE = 4
 MAX_UPLOAD = "200mb"  # a 50-megapixel 16-bit DICOM (read_xray's limit) is 100 MB
 VALID = gr.validate(True, "")
+LOADING = "Loading the model (torch, transformers and the weights) …"
 CSS = """
 #notice {background: #fff4e5; border: 1px solid #f0a030; border-radius: 6px; padding: 4px 12px;}
 #notice p {margin: 4px 0; color: #5a3600; font-weight: 600;}
@@ -52,18 +53,17 @@ CSS = """
 #gate-banner p {margin: 4px 0; color: #7f1010; font-weight: 700;}
 .ood-draft textarea {color: #777 !important; background: #f3f3f3 !important;}
 """
-NEAR_UNIFORM = 2.0  # a map whose peak is below this multiple of its average is drawn as text, not colour
 
 
-def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int = QUEUE_SIZE
+def build(loading: service.Loading, files: storage.RunFolder, queue_size: int = QUEUE_SIZE
           ) -> tuple[gr.Blocks, Callable[[bytes], tuple[int, int]]]:
-    """The whole page for one loaded model, and what to do with a request the full queue refuses:
-    (its body) -> (requests waiting, seconds to wait)."""
+    """The whole page for one model, and what to do with a request the full queue refuses: (its
+    body) -> (requests waiting, seconds to wait). The page is served at once and usable once
+    ``loading`` has the model (it says so meanwhile, and requests wait for it)."""
     outbox = service.Outbox(files.outbox)
     uploads = storage.Uploads(files.uploads, keep=_example_files())
     pace = service.Pace()
-    config = loaded.model.config
-    metric = loaded.model.index.metric if loaded.model.index is not None else "distance"
+    config = loading.config
 
     with gr.Blocks(title="REVTAF chest X-ray report draft", delete_cache=(60, CACHE_AGE_S)) as page:
         held = gr.State({}, time_to_live=SESSION_TTL_S)  # this session's uploads: path -> bytes
@@ -74,8 +74,9 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             "uploads are deleted from the server as soon as they are read.",
             elem_id="notice",
         )
-        gr.Markdown(f"**Weights:** `{loaded.weights_id}` — {loaded.card}", elem_id="weights")
-        gr.Markdown(loaded.headline + (f"\n\n*{loaded.gate_note}*" if loaded.gate_note else ""), elem_id="card-headline")
+        gr.Markdown(f"**Weights:** `{loading.weights_id}` — {loading.card}", elem_id="weights")
+        gr.Markdown(loading.headline + (f"\n\n*{loading.gate_note}*" if loading.gate_note else ""), elem_id="card-headline")
+        status = gr.Markdown(f"⏳ {LOADING}", elem_id="model-status")
 
         with gr.Row():
             with gr.Column(scale=2):
@@ -85,7 +86,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
                     beams = gr.Slider(*service.BEAMS, value=config.num_beams, step=1, label="Beam size")
                     max_length = gr.Slider(*service.MAX_LENGTHS, value=config.max_new_tokens, step=5,
                                            label="Maximum length (tokens)")
-                generate_button = gr.Button("Generate report", variant="primary")
+                generate_button = gr.Button(LOADING, variant="primary", interactive=False)
                 api_trigger = gr.Button(visible=False)  # the API endpoint's own event
                 _examples(frontal)
                 seen = gr.Image(label="The X-ray as the model saw it (after windowing)", type="numpy",
@@ -99,6 +100,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
                     json_button = gr.DownloadButton("Download .json", interactive=False, size="md")
                 findings = gr.Dataframe(headers=rendering.FINDINGS_HEADERS, label="Per-finding probabilities",
                                         interactive=True, type="array", max_height=420, wrap=True, elem_id="findings",
+                                        column_widths=rendering.column_widths(rendering.FINDINGS_HEADERS),
                                         static_columns=[i for i in range(len(rendering.FINDINGS_HEADERS))
                                                         if i != rendering.STATE_COLUMN])
                 gr.Markdown("The draft states every positive finding and no finding the table does not call positive "
@@ -111,14 +113,13 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
 
         gr.Markdown("## Retrieved reference reports\n*Closer than*: the share of typical matches (the nearest "
                     "reference of held-out studies like the training images) that lie farther away than this one.")
-        if loaded.texts_note:
-            gr.Markdown(loaded.texts_note)
-        references = gr.Dataframe(headers=rendering.reference_headers(metric), label="Nearest training studies",
-                                  interactive=False, wrap=True, column_widths=["5%", "9%", "11%", "10%", "18%", "35%", "12%"],
-                                  elem_id="references")
+        texts_note = gr.Markdown(visible=False)
+        references = gr.Dataframe(headers=rendering.reference_headers(config.search_metric),
+                                  label="Nearest training studies", interactive=False, wrap=True,
+                                  column_widths=["5%", "9%", "11%", "10%", "18%", "35%", "12%"], elem_id="references")
 
         gr.Markdown("## MPSA attention maps\nWhere each prompt was read on the image; predicted-positive findings first. "
-                    + loaded.maps_note)
+                    + loading.maps_note)
         with gr.Row():
             with gr.Column(scale=3):
                 map_choice = gr.Dropdown(label="Prompt", choices=[], interactive=True)
@@ -155,7 +156,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             except UnreadableImage as err:
                 raise gr.Error(str(err), print_exception=False) from None
             started = time.monotonic()
-            done = service.generate(loaded, views, beams=beams, max_length=max_length)
+            done = service.generate(loading.result(), views, beams=beams, max_length=max_length)
             pace.record(time.monotonic() - started)
             shown = service.evidence(done)
             del views, done
@@ -186,7 +187,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
                 views = service.read_views(_path(frontal), _path(lateral), held.get)
             except ValueError as err:  # a cell that names no state, or the upload expired
                 raise gr.Error(str(err), print_exception=False) from None
-            again = service.evidence(service.generate(loaded, views, beams=beams, max_length=max_length,
+            again = service.evidence(service.generate(loading.result(), views, beams=beams, max_length=max_length,
                                                       overrides=overrides))
             del views
             memory.release()
@@ -232,6 +233,13 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             page.state_holder.delete_state(request.session_hash)
             memory.release()
 
+        def model_ready():
+            loaded = loading.result()
+            return (gr.Markdown(visible=False), gr.Markdown(loaded.texts_note or "", visible=bool(loaded.texts_note)),
+                    gr.Button("Generate report", interactive=True))
+
+        page.load(model_ready, None, [status, texts_note, generate_button], api_visibility="private",
+                  concurrency_limit=None, show_progress="hidden")
         results = [report_box, findings, references, txt_button, json_button, map_choice, heatmap, gallery, result,
                    banner, map_note]
         outputs = [report_box, findings, references, txt_button, json_button]
@@ -314,31 +322,34 @@ def _map_note(shown: service.Evidence, index: int | None) -> str:
     if index is None:
         return ""
     peak = shown.report.attention[index].peak_ratio()
-    if peak >= NEAR_UNIFORM:
+    if peak >= rendering.NEAR_UNIFORM:
         return ""
     return (f"This map is nearly uniform (its peak is {peak:.1f} × its average): the model did not locate this "
             "prompt anywhere in particular, so no colour is drawn.")
 
 
 def _render(shown: service.Evidence, index: int):
-    """One attention map over the display copy of the view it belongs to; a nearly uniform map is
-    drawn as exactly uniform, i.e. without colour (faint colour would look like weak evidence),
-    and its title says so."""
+    """One attention map over the display copy of the view it belongs to (R / L marked on a frontal
+    one); a nearly uniform map is drawn as exactly uniform, i.e. without colour (faint colour would
+    look like weak evidence), and its title says so."""
     amap = shown.report.attention[index]
     title = amap.prompt if amap.kind == "region" else f"global prompt: {amap.prompt}"
     if len(shown.displays) > 1:
         title += f" ({rendering.VIEW_NAMES[amap.view]} view)"
     heatmap = amap.heatmap
-    if amap.peak_ratio() < NEAR_UNIFORM:
-        heatmap, title = np.full_like(heatmap, 1 / heatmap.size), f"{title}: nearly uniform, not coloured"
-    return rendering.overlay(service.display_pixels(shown, amap), heatmap, title)
+    if amap.peak_ratio() < rendering.NEAR_UNIFORM:
+        heatmap = np.full_like(heatmap, 1 / heatmap.size)
+    frontal = min(amap.view, len(shown.displays) - 1) == 0  # a one-view study stands in for both views
+    return rendering.overlay(service.display_pixels(shown, amap), heatmap, title, amap.kind, frontal=frontal)
 
 
 def launch(page: gr.Blocks, refused: Callable[[bytes], tuple[int, int]], *, host: str, port: int, share: bool = False,
-           auth: tuple[str, str] | None = None, allowed_hosts: Iterable[str] = (), **kwargs) -> None:
+           auth: tuple[str, str] | None = None, allowed_hosts: Iterable[str] = (),
+           served: Callable[[], object] = lambda: None, **kwargs) -> None:
     """Serve the page until SIGINT/SIGTERM (``share`` creates a public gradio.live link; off unless
     asked). Requests must name this host (see demo.guard), uploads get random names, and a refused
-    request is told when to retry."""
+    request is told when to retry. ``served`` runs once the page answers (app.py loads the model
+    there); what it raises closes the server."""
     middleware = [
         Middleware(guard.HostCheck, allowed=guard.allowed_hosts(host, allowed_hosts)),
         Middleware(guard.BusyAnswer, refused=refused),
@@ -347,6 +358,8 @@ def launch(page: gr.Blocks, refused: Callable[[bytes], tuple[int, int]], *, host
     try:
         page.launch(server_name=host, server_port=port, share=share, css=CSS, footer_links=["api"],
                     max_file_size=MAX_UPLOAD, auth=auth, state_session_capacity=SESSION_CAP,
-                    app_kwargs={"middleware": middleware}, **kwargs)
+                    app_kwargs={"middleware": middleware}, prevent_thread_lock=True, **kwargs)
+        served()
+        page.block_thread()
     finally:
         page.close()

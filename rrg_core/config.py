@@ -115,6 +115,12 @@ class REVTAFConfig:
         if len(self.resnet_depths) != len(self.resnet_hidden_sizes):
             raise ValueError("resnet_depths and resnet_hidden_sizes must have the same length")
 
+    @property
+    def search_metric(self) -> str:
+        """The metric references are retrieved and their distances given in (without the LRE:
+        cosine on pooled image features)."""
+        return self.retrieval_metric if self.use_lre else "cosine"
+
     # ---- presets ------------------------------------------------------------------------------
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "REVTAFConfig":

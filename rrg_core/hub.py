@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights" / "synthcxr"  # embedded, offline
+
 # Everything save_pretrained writes, and nothing executable or pickled.
 WEIGHT_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.md"]
 

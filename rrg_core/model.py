@@ -87,7 +87,7 @@ class REVTAF(nn.Module):
     # ------------------------------------------------------------------ shared image side
     @property
     def retrieval_metric(self) -> str:
-        return self.config.retrieval_metric if self.lre is not None else "cosine"
+        return self.config.search_metric
 
     def _encode(self, images: Tensor, *, retrieval: bool = True) -> _Encoded:
         """``retrieval=False`` skips the retrieval embedding (``query`` is then None)."""

@@ -123,7 +123,6 @@ class Report:
                     "state": STATE_NAMES[state],
                     "set_by": "reader" if name in self.overrides else "model",
                     "decision_rule": self.decision_rules.get(name),
-                    "p_positive": float(p[1]),
                     "p_positive": float(self.calibrated[name] if self.calibrated else p[1]),
                     "p_positive_raw": float(p[1]),
                     "p_uncertain": float(p[3]),

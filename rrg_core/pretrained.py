@@ -20,14 +20,13 @@ from .calibration import Calibration
 from .config import REVTAFConfig
 from .decisions import DecisionRule
 from .gate import Gate, n_gate_features
-from .hub import push_folder, resolve_weights
+from .hub import DEFAULT_WEIGHTS, push_folder, resolve_weights
 from .model import REVTAF
 from .reference_index import ReferenceIndex
 from .tokenizer import load_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights" / "synthcxr"
 
 
 def save_pretrained(model: REVTAF, directory: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:

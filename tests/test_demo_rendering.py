@@ -60,56 +60,106 @@ def _report(views: int = 1) -> Report:
 # ---------------------------------------------------------------- overlays
 
 
-def _image_box(fig) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) pixel rows/columns of the X-ray axes in the rendered figure."""
-    x0, y0, x1, y1 = fig.axes[0].get_window_extent().extents
-    height = fig.canvas.get_width_height()[1]
-    return int(height - y1), int(height - y0), int(x0), int(x1)
-
-
 def _saturation(rgb: np.ndarray) -> np.ndarray:
     rgb = rgb.astype(np.int16)
     return rgb.max(-1) - rgb.min(-1)
 
 
 @pytest.mark.parametrize("heat_shape", [(120, 100), (30, 25)])  # the image's size, and the model grid's
-def test_overlay_puts_colour_where_the_attention_is(heat_shape):
+def test_blend_puts_colour_where_the_attention_is(heat_shape):
     pixels = np.tile(np.linspace(0, 1, 100, dtype=np.float32), (120, 1))
     heat = np.zeros(heat_shape, np.float32)
-    heat[: heat_shape[0] // 4, : heat_shape[1] // 4] = 1.0  # top-left sixteenth of the image
+    heat[: heat_shape[0] // 4, : heat_shape[1] // 4] = 1.0  # top-left sixteenth of the image: 16x uniform
     heat /= heat.sum()
 
-    fig = rendering.overlay_figure(pixels, heat, "pleural effusion")
-    rgb = rendering.figure_to_rgb(fig)
-    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
-    top, bottom, left, right = _image_box(fig)
-    box = _saturation(rgb[top:bottom, left:right])
-    h, w = box.shape
-    hot = box[int(h * 0.03): int(h * 0.2), int(w * 0.03): int(w * 0.2)]
-    cold = box[int(h * 0.4):, int(w * 0.4):]
+    rgb = rendering.blend(pixels, heat, "region", (200, 240))
+    assert rgb.dtype == np.uint8 and rgb.shape == (240, 200, 3)
+    box = _saturation(rgb)
+    hot = box[int(240 * 0.03): int(240 * 0.2), int(200 * 0.03): int(200 * 0.2)]
+    cold = box[int(240 * 0.4):, int(200 * 0.4):]
     assert hot.mean() > 50, "the attended corner should be clearly coloured"
     assert cold.max() <= 3, "unattended areas should stay gray (R = G = B)"
+    gray = rendering.blend(pixels, np.full(heat_shape, 1 / heat.size, np.float32), "region", (200, 240))
+    assert _saturation(gray).max() <= 3 and abs(int(gray[120, 199, 0]) - 255) <= 3 and gray[120, 0, 0] <= 3
 
 
-def test_overlay_has_a_colour_bar_in_units_of_uniform_attention_and_the_prompt_as_title():
-    heat = np.ones((20, 20), np.float32)
-    heat[5, 5] = 31.0  # 31 / 430 * 400 = 28.8 times uniform at the peak
-    heat /= heat.sum()
-    fig = rendering.overlay_figure(np.zeros((20, 20), np.float32), heat, "enlarged heart, cardiomegaly")
-    assert len(fig.axes) == 2
-    colorbar_axes = fig.axes[1]
-    assert "uniform" in colorbar_axes.get_ylabel()
-    low, high = colorbar_axes.get_ylim()
-    assert low == pytest.approx(1.0)
-    assert high == pytest.approx(31 / 430 * 400, rel=1e-4)
-    assert fig.axes[0].get_title() == "enlarged heart, cardiomegaly"
+def test_colour_scale_is_fixed_per_kind_and_logarithmic():
+    ratio = np.array([0.5, 1.0, 2.0, 32.0, 64.0, 8.0])
+    np.testing.assert_allclose(rendering.scale_level(ratio, "region"), [0, 0, 0.2, 1, 1, 0.6])
+    np.testing.assert_allclose(rendering.scale_level(ratio, "global")[[2, 5]], [1 / 3, 1.0])
+    # A place 4x uniform gets the same colour whether or not another place of the map peaks higher.
+    alone, beside_a_peak = np.ones((10, 10), np.float32), np.ones((10, 10), np.float32)
+    alone[0, 0] = beside_a_peak[0, 0] = 4.0
+    beside_a_peak[9, 9] = 30.0
+    pixels = np.full((10, 10), 0.5, np.float32)
+    colours = [rendering.blend(pixels, r / r.size, "region", (10, 10))[0, 0] for r in (alone, beside_a_peak)]
+    np.testing.assert_array_equal(*colours)
+    assert _saturation(colours[0][None]).item() > 10
 
 
-def test_a_uniform_map_adds_no_colour_and_keeps_a_minimum_scale():
-    fig = rendering.overlay_figure(np.full((30, 30), 0.5, np.float32), _uniform((30, 30)), "trachea")
-    assert fig.axes[1].get_ylim()[1] == pytest.approx(rendering.MIN_SCALE)
-    top, bottom, left, right = _image_box(fig)
-    assert _saturation(rendering.figure_to_rgb(fig)[top:bottom, left:right]).max() <= 3
+def test_colour_table_is_matplotlibs_turbo():
+    from matplotlib import colormaps  # only the test needs matplotlib
+
+    expected = colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255
+    assert rendering.COLOURS.shape == (256, 3) and rendering.COLOURS.dtype == np.uint8
+    assert np.abs(rendering.COLOURS - expected).max() <= 4
+
+
+def _overlay(kind: str = "region", frontal: bool = True, heat=None, shape=(300, 240)) -> np.ndarray:
+    pixels = np.full(shape, 0.5, np.float32)
+    heat = np.full(shape, 1 / (shape[0] * shape[1]), np.float32) if heat is None else heat
+    return rendering.overlay(pixels, heat, "enlarged heart, cardiomegaly", kind, frontal=frontal)
+
+
+def test_overlay_is_title_image_and_the_kinds_legend_at_display_width():
+    rgb = _overlay()
+    legend = rendering.legend("region")
+    assert rgb.dtype == np.uint8 and rgb.shape[1] == rendering.DISPLAY_SIDE == legend.shape[1]
+    np.testing.assert_array_equal(rgb[-legend.shape[0]:], legend)  # the pre-rendered legend, as is
+    assert not np.array_equal(rendering.legend("global"), legend)  # one scale per kind
+    assert rendering.legend("global") is rendering.legend("global")  # rendered once
+    image_rows = rgb.shape[0] - legend.shape[0]
+    assert image_rows > rendering.DISPLAY_SIDE  # the 300 x 240 film fills 640 rows, the title sits on top
+    # the film is scaled to fit, centred: 240 * 640 / 300 = 512 columns of gray between white margins
+    row = rgb[image_rows - 2]
+    assert (row[:60] == 255).all() and (row[-60:] == 255).all() and abs(int(row[320, 0]) - 128) <= 1
+
+
+def _marker_pixels(rgb: np.ndarray, columns: slice) -> int:
+    """White (marker) pixels in the top corner band of the film (gray 128 everywhere else)."""
+    top = rgb.shape[0] - rendering.legend("region").shape[0] - rendering.DISPLAY_SIDE
+    band = rgb[top: top + 40, columns]
+    return int((band.min(-1) > 240).sum())
+
+
+def test_frontal_overlays_mark_the_patients_right_on_the_images_left():
+    shape = (300, 300)  # square: the film spans the whole width
+    frontal, lateral = _overlay(frontal=True, shape=shape), _overlay(frontal=False, shape=shape)
+    assert _marker_pixels(frontal, slice(0, 40)) > 20 and _marker_pixels(frontal, slice(-40, None)) > 20
+    assert _marker_pixels(lateral, slice(0, 40)) == _marker_pixels(lateral, slice(-40, None)) == 0
+    # the two corners hold different letters: "R" left, "L" right
+    left = frontal[:, :40].astype(int)
+    right = frontal[:, -40:][:, ::-1].astype(int)
+    assert not np.array_equal(left, right)
+
+
+def test_a_near_uniform_map_adds_no_colour_and_says_so():
+    rgb = _overlay(shape=(300, 300))
+    legend_rows = rendering.legend("region").shape[0]
+    film = rgb[rgb.shape[0] - legend_rows - rendering.DISPLAY_SIDE: -legend_rows]
+    assert _saturation(film[40:]).max() <= 3  # below the R / L markers
+    assert rendering.caption("trachea", _uniform()) == "trachea · peak 1.0x uniform (near-uniform: no place stands out)"
+    peaked = np.ones((20, 20), np.float32)
+    peaked[0, 0] = 41.0
+    assert rendering.caption("trachea", peaked / peaked.sum()) == "trachea · peak 37.3x uniform"  # 41 / 440 * 400
+
+
+def test_findings_table_widths_cover_every_column():
+    widths = rendering.column_widths(rendering.FINDINGS_HEADERS)
+    assert len(widths) == len(rendering.FINDINGS_HEADERS)
+    assert sum(float(w.rstrip("%")) for w in widths) == pytest.approx(100, abs=0.5)
+    more = rendering.column_widths([*rendering.FINDINGS_HEADERS, "A column added later"])
+    assert len(more) == len(rendering.FINDINGS_HEADERS) + 1 and float(more[0][:-1]) > float(more[-1][:-1])
 
 
 # ---------------------------------------------------------------- map order
