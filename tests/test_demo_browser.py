@@ -128,9 +128,9 @@ def test_the_reader_overrules_a_finding_and_the_draft_follows(page):
     page.get_by_role("button", name="Generate report").click()
     report = page.locator("#report textarea")
     expect(report).not_to_have_value("")
+    expect(page.locator("#heatmap img")).to_be_visible()  # the evidence is drawn: the table no longer changes
     row = page.locator("#findings [role=row]").filter(has=page.get_by_role("gridcell", name="Pneumothorax", exact=True))
     cell = row.get_by_role("gridcell").nth(rendering.STATE_COLUMN)
-    cell.scroll_into_view_if_needed()
     cell.dblclick()
     cell.locator("textarea, input").fill("pos")
     page.keyboard.press("Enter")
