@@ -3,6 +3,7 @@
     python app.py [--weights ORG/REPO[@REVISION] | FOLDER] [--reference-data DIR]
                   [--host 127.0.0.1] [--port 7860] [--share] [--auth USER:PASS]
                   [--allowed-hosts NAME,...] [--queue-size N]
+                  [--review STUDY_FOLDER|DATASET_DIR [--split test] [--reviewer NAME] [--review-db PATH] ...]
 
 Each option has an environment equivalent (RRG_WEIGHTS, RRG_REFERENCE_DATA, GRADIO_SERVER_NAME,
 GRADIO_SERVER_PORT, RRG_AUTH, RRG_ALLOWED_HOSTS, RRG_QUEUE_SIZE); Spaces sets the server name and
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(env RRG_ALLOWED_HOSTS)")
     parser.add_argument("--queue-size", type=int, default=env("RRG_QUEUE_SIZE", "128"),
                         help="requests that may wait; more are told to retry later (env RRG_QUEUE_SIZE; default 128)")
+    from demo import review_setup  # the reader-study options (no gradio, no torch)
+
+    review_setup.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -62,9 +66,11 @@ def _stop(signum: int, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from demo import service, storage  # no gradio yet: a bad weights folder is refused before its slow import
+    from demo import review_setup
 
     try:
         loaded = service.load(args.weights, args.reference_data)
+        review = review_setup.prepare(args)  # None without --review
     except service.STARTUP_ERRORS as err:
         print(f"app.py: cannot start: {err}", file=sys.stderr)
         return 2
@@ -80,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     try:
         page, busy = ui.build(loaded, files, queue_size=args.queue_size)
+        if review is not None:  # the Review page at /review
+            from demo.review import add_page
+
+            add_page(page, review, lambda: loaded)
         extra = [*args.allowed_hosts.split(","), os.environ.get("SPACE_HOST", "")]
         ui.launch(page, busy, host=args.host, port=args.port, share=args.share, auth=args.auth, allowed_hosts=extra)
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ must never silently vanish there.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -76,13 +77,19 @@ def reference_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(weights, reference_data, tmp_path_factory):
     """(url, path of the server's log, seconds until it answered)."""
-    port, log = _free_port(), tmp_path_factory.mktemp("server") / "server.log"
+    with serve(weights, tmp_path_factory.mktemp("server"), "--reference-data", str(reference_data)) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serve(weights: Path, log_dir: Path, *args: str):
+    """Run ``python app.py *args`` on ``weights`` until the block ends; yields (url, log, start seconds)."""
+    port, log = _free_port(), log_dir / "server.log"
     env = {**os.environ, "RRG_WEIGHTS": str(weights), "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1"}
     env.pop("GRADIO_SERVER_NAME", None)
     started = time.monotonic()
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "app.py", "--reference-data", str(reference_data)],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         while True:
