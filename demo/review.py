@@ -9,8 +9,8 @@ shown with the same draft, findings, references and maps as the main page. The r
 - (``--blinded``) picks the better of "Report A" and "Report B": the draft and the dataset's
   report in a random order. Nothing on the page tells which is which: the findings, references
   and maps belong to the draft and are not shown, the order stays on the server, and both texts
-  are shown alike (whitespace collapsed, the dataset's "XXXX" de-identification marks and any
-  the draft copied made the same "…"). Only the export unblinds.
+  are shown alike (as prose, :func:`rrg_core.report_text.to_prose`; the dataset's "XXXX"
+  de-identification marks and any the draft copied made the same "…"). Only the export unblinds.
 
 Keys: Alt+N next, Alt+P previous, Ctrl+S save, Ctrl+Enter save and next. Opening the page (or
 pressing Enter in the name box) goes to the reader's first study not yet reviewed.
@@ -26,6 +26,7 @@ from typing import Any
 import gradio as gr
 
 from rrg_core.reader_study import ACCEPTABILITY, ERROR_COLUMNS, ERROR_TYPES, SIGNIFICANCE, Comparison, Draft, Judgment
+from rrg_core.report_text import to_prose
 from rrg_core.xray_io import UnreadableImage
 
 from . import rendering, service
@@ -66,8 +67,9 @@ class Shown:
 
 
 def blind_text(text: str) -> str:
-    """A report as the blinded comparison shows it: one line, de-identification marks alike."""
-    return _MASKED.sub("…", " ".join(text.split()))
+    """A report as the blinded comparison shows it: both as prose (sentence case, the tokenizer's
+    spacing undone), de-identification marks alike."""
+    return _MASKED.sub("…", to_prose(text))
 
 
 def add_page(page: gr.Blocks, setup: ReviewSetup, model: Callable[[], service.LoadedModel]) -> None:

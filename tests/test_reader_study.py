@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_fixtures import write_tiny_dataset
 from PIL import Image
 
 from rrg_core import reader_stats, reader_study
@@ -225,13 +224,15 @@ def test_the_blinded_texts_look_alike():
     from demo.review import blind_text
 
     assert blind_text("Heart size normal.\n  XXXX are normal.") == "Heart size normal. … are normal."
-    assert blind_text("the xxxx is clear .") == "the … is clear ."
+    assert blind_text("the xxxx is clear . effusion 4.5 cm .") == "The … is clear. Effusion 4.5 cm."
 
 
 # ---------------------------------------------------------------- worklists and weights
 
 
 def test_worklist_of_a_dataset_split_and_of_a_folder(tmp_path):
+    from model_fixtures import write_tiny_dataset  # here, not at the top: the writer processes need no torch
+
     data = write_tiny_dataset(tmp_path / "data")
     items = worklist(data, "test")
     assert [i.study_id for i in items] == ["test0", "test1", "test2", "test3"]
