@@ -59,21 +59,34 @@ def _credentials(value: str) -> tuple[str, str]:
     return user, password
 
 
+def _cannot_start(err: Exception) -> int:
+    print(f"app.py: cannot start: {err}", file=sys.stderr)
+    return 2
+
+
 def _stop(signum: int, frame) -> None:
     raise KeyboardInterrupt  # Gradio closes its server on it; main's finally deletes the files
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from demo import service, storage  # no gradio yet: a bad weights folder is refused before its slow import
+    from demo import memory
+
+    memory.tune()  # before any thread or large array
+    from rrg_core.config import check_folder_config
+
+    try:
+        check_folder_config(args.weights)  # a broken config.json is refused before torch is imported
+    except ValueError as err:
+        return _cannot_start(err)
+    from demo import service, storage  # and a broken weights folder before gradio is
     from demo import review_setup
 
     try:
         loaded = service.load(args.weights, args.reference_data)
         review = review_setup.prepare(args)  # None without --review
     except service.STARTUP_ERRORS as err:
-        print(f"app.py: cannot start: {err}", file=sys.stderr)
-        return 2
+        return _cannot_start(err)
     files = storage.RunFolder()  # deletes what earlier runs left
     os.environ["GRADIO_TEMP_DIR"] = str(files.uploads)  # before gradio is imported
     atexit.register(files.purge)  # again at exit: a worker thread may still have written a file
@@ -85,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app.py: warning: serving on {args.host} without --auth: anyone who can reach it may use it",
               file=sys.stderr)
     try:
-        page, busy = ui.build(loaded, files, queue_size=args.queue_size)
+        page, refused = ui.build(loaded, files, queue_size=args.queue_size)
         if review is not None:  # the Review page at /review
             from demo.review import add_page
 
             add_page(page, review, lambda: loaded)
         extra = [*args.allowed_hosts.split(","), os.environ.get("SPACE_HOST", "")]
-        ui.launch(page, busy, host=args.host, port=args.port, share=args.share, auth=args.auth, allowed_hosts=extra)
+        ui.launch(page, refused, host=args.host, port=args.port, share=args.share, auth=args.auth, allowed_hosts=extra)
     except KeyboardInterrupt:
         pass
     finally:

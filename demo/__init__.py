@@ -1,5 +1,7 @@
 """The Gradio web demo: ``rendering`` (pure figures and tables), ``service`` (loading weights,
-running a request, temporary files) and ``ui`` (the page and its events).
+running a request, what a session keeps), ``ui`` (the page and its events), ``storage`` (the
+run's private folder, uploads deleted once read), ``guard`` (Host check, busy answer, random
+upload names) and ``memory`` (the allocator settings that let the server shrink after a burst).
 
 Model logic lives in :mod:`rrg_core`; this package only presents it.
 """

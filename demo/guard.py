@@ -95,17 +95,25 @@ class HostCheck:
 class BusyAnswer:
     """Gradio answers a full queue with 503 "Queue is full..."; this says how long to wait.
 
-    ``estimate()`` -> (requests waiting, seconds until one more would start).
+    ``refused(body)`` is told the refused request's body (its uploads will never be read, so the
+    page deletes them) and returns (requests waiting, seconds until one more would start).
     """
 
-    def __init__(self, app: App, estimate: Callable[[], tuple[int, int]]) -> None:
-        self.app, self.estimate = app, estimate
+    def __init__(self, app: App, refused: Callable[[bytes], tuple[int, int]]) -> None:
+        self.app, self.refused = app, refused
 
     async def __call__(self, scope: Scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         held: dict = {}
+        body: list[bytes] = []
+
+        async def recording_receive() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+            return message
 
         async def send_wrapper(message: dict) -> None:
             if message["type"] == "http.response.start" and message["status"] == 503:
@@ -113,7 +121,7 @@ class BusyAnswer:
                 return
             if "start" in held and message["type"] == "http.response.body":
                 if b"Queue is full" in message.get("body", b""):
-                    waiting, seconds = self.estimate()
+                    waiting, seconds = self.refused(b"".join(body))
                     await _send_json(send, 503, BUSY.format(waiting=waiting, seconds=seconds),
                                      [(b"retry-after", str(seconds).encode())])
                 else:
@@ -122,7 +130,24 @@ class BusyAnswer:
                 return
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        await self.app(scope, recording_receive, send_wrapper)
+
+
+def upload_paths(body: bytes) -> list[str]:
+    """The server-side paths of the files (Gradio FileData) a request's JSON body refers to."""
+    try:
+        found, stack = [], [json.loads(body)]
+    except ValueError:
+        return []
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("path"), str) and (item.get("meta") or {}).get("_type") == "gradio.FileData":
+                found.append(item["path"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 class RandomUploadNames:

@@ -29,7 +29,7 @@ from rrg_core.reader_study import ACCEPTABILITY, ERROR_COLUMNS, ERROR_TYPES, SIG
 from rrg_core.report_text import to_prose
 from rrg_core.xray_io import UnreadableImage
 
-from . import rendering, service
+from . import memory, rendering, service
 from .review_setup import ReviewSetup
 from .ui import GALLERY_SIZE, SESSION_TTL_S, _render
 
@@ -166,6 +166,7 @@ def add_page(page: gr.Blocks, setup: ReviewSetup, model: Callable[[], service.Lo
             options = {"beams": config.num_beams, "max_length": config.max_new_tokens}
             now.evidence = service.evidence(service.generate(loaded, views, **options))
             del views
+            memory.release()  # the decoded films and full-size maps
             now.draft = Draft(item.study_id, setup.weights, setup.revision, options, now.evidence.report.text)
             out.update({image: now.evidence.displays[0], info: now.evidence.info})
             if setup.blinded:

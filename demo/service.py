@@ -9,8 +9,6 @@ by then, which ``delete_cache`` on the page empties) and with the run's folder a
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import json
 import math
@@ -311,14 +309,3 @@ class Pace:
     def record(self, seconds: float) -> None:
         with self._lock:
             self.seconds += self.weight * (seconds - self.seconds)
-
-
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
-
-
-def release_memory() -> None:
-    """Hand freed heap pages back to the system. glibc keeps them otherwise, so a server's memory
-    stays at the peak of its last burst; elsewhere (no malloc_trim) this does nothing."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)

@@ -30,7 +30,7 @@ from starlette.middleware import Middleware
 
 from rrg_core.xray_io import UnreadableImage
 
-from . import guard, rendering, service, storage
+from . import guard, memory, rendering, service, storage
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 # The upload boxes take any file: DICOM from a PACS often has no extension (read_xray tells the
@@ -51,9 +51,9 @@ CSS = """
 
 
 def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int = QUEUE_SIZE
-          ) -> tuple[gr.Blocks, Callable[[], tuple[int, int]]]:
-    """The whole page for one loaded model, and what to tell a client the queue refuses:
-    () -> (requests waiting, seconds to wait)."""
+          ) -> tuple[gr.Blocks, Callable[[bytes], tuple[int, int]]]:
+    """The whole page for one loaded model, and what to do with a request the full queue refuses:
+    (its body) -> (requests waiting, seconds to wait)."""
     outbox = service.Outbox(files.outbox)
     uploads = storage.Uploads(files.uploads, keep=_example_files())
     pace = service.Pace()
@@ -137,40 +137,31 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             return ("", [], [], gr.DownloadButton(value=None, interactive=False),
                     gr.DownloadButton(value=None, interactive=False), gr.Dropdown(choices=[], value=None), None, [], None)
 
-        def draft(views, beams, max_length) -> tuple:
-            """Report, findings, references, downloads and the session's Evidence; the full result
-            (decoded film, full-size maps) is dropped before the handler returns."""
+        def draft(frontal, lateral, fetch, beams, max_length) -> tuple:
+            """Report, findings, references, downloads and the session's Evidence. The decoded film
+            and the full-size maps are dropped, and their memory handed back, before this returns."""
+            try:
+                views = service.read_views(_path(frontal), _path(lateral), fetch)
+            except UnreadableImage as err:
+                raise gr.Error(str(err), print_exception=False) from None
             started = time.monotonic()
             done = service.generate(loaded, views, beams=beams, max_length=max_length)
+            pace.record(time.monotonic() - started)
             shown = service.evidence(done)
             txt, js = outbox.export(shown, shown.report.text)
             out = (done.report.text, rendering.findings_table(done.report), rendering.references_table(done.report),
                    txt, js, shown)
-            pace.record(time.monotonic() - started)
+            del views, done
+            memory.release()
             return out
 
         def generate_on_page(frontal, lateral, beams, max_length, held, progress=gr.Progress()):
-            progress(0.05, desc="Reading the X-ray")
-            try:
-                views = service.read_views(_path(frontal), _path(lateral), held.get)
-            except UnreadableImage as err:
-                raise gr.Error(str(err), print_exception=False) from None
-            progress(0.2, desc="Generating the report")
-            out = draft(views, beams, max_length)
-            del views
-            service.release_memory()
-            return out
+            progress(0.1, desc="Generating the report")
+            return draft(frontal, lateral, held.get, beams, max_length)
 
         def generate(frontal, lateral, beams, max_length):
             """Draft a report for one chest X-ray (frontal view, optional lateral view)."""
-            try:
-                views = service.read_views(_path(frontal), _path(lateral), uploads.claim)
-            except UnreadableImage as err:
-                raise gr.Error(str(err), print_exception=False) from None
-            out = draft(views, beams, max_length)[:-1]
-            del views
-            service.release_memory()
-            return out
+            return draft(frontal, lateral, uploads.claim, beams, max_length)[:-1]
 
         def redraft(frontal, lateral, held, shown, table, beams, max_length, reset: bool = False):
             """The same study drafted again from the reader's findings; image, maps and references stay."""
@@ -185,7 +176,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
             again = service.evidence(service.generate(loaded, views, beams=beams, max_length=max_length,
                                                       overrides=overrides))
             del views
-            service.release_memory()
+            memory.release()
             txt, js = outbox.export(again, again.report.text)
             return again.report.text, rendering.findings_table(again.report), txt, js, again
 
@@ -220,7 +211,7 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
         def forget(request: gr.Request):
             """The tab was closed: drop its state now rather than after Gradio's hour for closed sessions."""
             page.state_holder.delete_state(request.session_hash)
-            service.release_memory()
+            memory.release()
 
         results = [report_box, findings, references, txt_button, json_button, map_choice, heatmap, gallery, result]
         outputs = [report_box, findings, references, txt_button, json_button]
@@ -248,10 +239,13 @@ def build(loaded: service.LoadedModel, files: storage.RunFolder, queue_size: int
 
     page.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=queue_size)
 
-    def busy() -> tuple[int, int]:
+    def refused(body: bytes) -> tuple[int, int]:
+        """A request the full queue refuses: its uploads go (they will never be read)."""
+        for name in guard.upload_paths(body):
+            uploads.claim(name)
         return queue_size, max(1, math.ceil(queue_size * pace.seconds / CONCURRENCY_LIMIT))
 
-    return page, busy
+    return page, refused
 
 
 def _path(upload: dict | None) -> str | None:
@@ -268,7 +262,7 @@ def _option_checks(beams: Any, max_length: Any) -> list[dict]:
 
 
 def _released(_: Any) -> None:
-    service.release_memory()
+    memory.release()
 
 
 def _validity(name: str | None, view: str, fetch: Callable[[str], bytes | None], required: bool = False) -> dict:
@@ -304,14 +298,14 @@ def _render(shown: service.Evidence, index: int):
     return rendering.overlay(service.display_pixels(shown, amap), amap.heatmap, title)
 
 
-def launch(page: gr.Blocks, busy: Callable[[], tuple[int, int]], *, host: str, port: int, share: bool = False,
+def launch(page: gr.Blocks, refused: Callable[[bytes], tuple[int, int]], *, host: str, port: int, share: bool = False,
            auth: tuple[str, str] | None = None, allowed_hosts: Iterable[str] = (), **kwargs) -> None:
     """Serve the page until SIGINT/SIGTERM (``share`` creates a public gradio.live link; off unless
     asked). Requests must name this host (see demo.guard), uploads get random names, and a refused
     request is told when to retry."""
     middleware = [
         Middleware(guard.HostCheck, allowed=guard.allowed_hosts(host, allowed_hosts)),
-        Middleware(guard.BusyAnswer, estimate=busy),
+        Middleware(guard.BusyAnswer, refused=refused),
         Middleware(guard.RandomUploadNames),
     ]
     try:

@@ -24,7 +24,6 @@ from typing import Any, Iterator
 
 from .observations import OBSERVATIONS, STATE_NAMES, State
 from .outputs import strict_json
-from .preprocessing import MAX_MAP_SIDE
 
 TEXT_REFERENCES = 3
 # --no-maps: the maps are sampled at a single pixel (nothing to upsample) and dropped.
@@ -118,6 +117,7 @@ def report_file(
     states: dict | None = None,
 ) -> dict[str, Any]:
     """One file's record; an unreadable file gets ``error`` and empty results."""
+    from .preprocessing import MAX_MAP_SIDE
     from .xray_io import UnreadableImage, read_xray
 
     try:
@@ -183,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
         return 0
+    from .config import check_folder_config
+
+    try:
+        check_folder_config(args.weights)  # a broken config.json is refused before torch is imported
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     from .datasets import report_texts
     from .hub import WeightsUnavailable
     from .pretrained import load_model

@@ -160,6 +160,13 @@ class REVTAFConfig:
         return cls.from_dict(data)
 
 
+def check_folder_config(weights: str | Path | None) -> None:
+    """Read and check the config.json of a local weights folder, if ``weights`` is one (the CLI and
+    the demo call this before importing torch, so a broken config is refused in a moment)."""
+    if weights is not None and (Path(weights) / "config.json").is_file():
+        REVTAFConfig.load(Path(weights) / "config.json")
+
+
 # Inclusive (low, high) of numeric fields (each element of a list field). A config.json from another
 # program or edited by hand is refused with the field's name before anything is built; the upper
 # bounds only stop absurd values, the shape check against the weights file catches the rest.

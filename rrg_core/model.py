@@ -30,7 +30,7 @@ from .config import REVTAFConfig
 from .decisions import DecisionRule, apply_overrides, coherent, parse_overrides, rule_text
 from .decoder import ReportDecoder
 from .diagnosis import DiagnosisHead
-from .faithful import make_consistent, side_of
+from .faithful import make_consistent
 from .fvtaf import FVTAF, consistency_loss
 from .grounding import grounding_loss
 from .lre import EntityScores, LearnableRetrievalEnhancer, entity_loss
@@ -268,9 +268,8 @@ class REVTAF(nn.Module):
             attention = self._attention_maps(encoded, global_, b, sizes[b])
             shares = self._finding_sides(encoded, b)
             if consistent:
-                sides = {name: side_of(share) for name, share in shares.items()}
                 choose = partial(self._likeliest, memory[b : b + 1], state_tensor[b : b + 1])
-                consistency = make_consistent(beams, final[b], sides, choose)
+                consistency = make_consistent(beams, final[b], shares, choose)
             else:
                 consistency = None
             reports.append(

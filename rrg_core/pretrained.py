@@ -137,13 +137,13 @@ def from_pretrained(
         raise ValueError(f"the tokenizer in {folder} has {len(tokenizer)} tokens, config.json says {config.vocab_size}")
     path = folder / WEIGHTS_NAME
     _check_shapes(path, _stored_shapes(path), config, tokenizer)
+    tensors = _read_tensors(path)
     has_index = load_index and (folder / "reference_index.json").is_file()
     index = ReferenceIndex.load(folder, texts_from=texts_from) if has_index else None
 
     decision = DecisionRule.load(folder)
     model = REVTAF(config, tokenizer, index)
     model.decision = decision
-    tensors = _read_tensors(path)
     canonical = _shared_storage(model.state_dict())
     absent = sorted(k for k in set(canonical) - set(tensors) if canonical[k] not in tensors)  # tied aliases are fine
     if absent:

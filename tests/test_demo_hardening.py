@@ -81,6 +81,7 @@ async def _echo(request: Request) -> JSONResponse:
 
 
 async def _full(request: Request) -> JSONResponse:
+    await request.json()  # as Gradio reads the request before it finds the queue full
     return JSONResponse({"detail": "Queue is full. Max size is 3 and size is 3."}, status_code=503)
 
 
@@ -109,11 +110,15 @@ def test_requests_naming_another_host_are_refused_with_a_sentence():
     assert guard.allowed_hosts("10.1.2.3") == {"10.1.2.3"}  # a specific address: only itself
 
 
-def test_a_full_queue_answers_busy_with_retry_after():
-    client = _client((guard.BusyAnswer, {"estimate": lambda: (3, 42)}))
-    answer = client.post("/gradio_api/queue/join", json={})
+def test_a_full_queue_answers_busy_with_retry_after_and_names_the_uploads_to_drop():
+    bodies = []
+    client = _client((guard.BusyAnswer, {"refused": lambda body: bodies.append(body) or (3, 42)}))
+    upload = {"path": "/tmp/x/abc", "meta": {"_type": "gradio.FileData"}}
+    answer = client.post("/gradio_api/queue/join", json={"data": [upload, None, 3, 100], "fn_index": 2})
     assert answer.status_code == 503 and answer.headers["retry-after"] == "42"
     assert answer.json()["detail"] == "The server is busy: 3 requests are waiting; retry in about 42 s."
+    assert [guard.upload_paths(body) for body in bodies] == [["/tmp/x/abc"]]
+    assert client.get("/").status_code == 200 and len(bodies) == 1  # other answers pass untouched
 
 
 def _multipart(name: str, content: bytes, boundary: str = "b0undary") -> tuple[bytes, dict]:

@@ -72,18 +72,21 @@ def test_the_beam_that_agrees_is_chosen_before_any_repair():
 
 def test_the_side_follows_the_findings_map():
     result = make_consistent(["right basilar atelectasis . no pneumothorax ."], states(Atelectasis=1),
-                             {"Atelectasis": "left"})
-    assert result.text == "left basilar atelectasis . no pneumothorax ."
-    # A map without a clear side leaves the text's side alone.
-    unchanged = make_consistent(["right basilar atelectasis ."], states(Atelectasis=1), {"Atelectasis": None})
+                             {"Atelectasis": 0.45})
+    assert result.text == "left basilar atelectasis . no pneumothorax ."  # the map's majority
+    # A map split evenly leaves the text's side alone.
+    unchanged = make_consistent(["right basilar atelectasis ."], states(Atelectasis=1), {"Atelectasis": 0.5})
     assert unchanged.text == "right basilar atelectasis ."
 
 
 def test_an_added_finding_takes_its_maps_side_and_the_choosers_phrasing():
     options = sentences_for("Pleural Effusion", State.POSITIVE, "right")
-    result = make_consistent(["the lungs are clear ."], states(Pleural_Effusion=1), {"Pleural Effusion": "right"},
+    result = make_consistent(["the lungs are clear ."], states(Pleural_Effusion=1), {"Pleural Effusion": 0.7},
                              choose=lambda sentences: len(sentences) - 1)
     assert result.text == f"the lungs are clear . {options[-1]} ."
+    # A side is only added where the map clearly shows one.
+    weak = make_consistent(["the lungs are clear ."], states(Pleural_Effusion=1), {"Pleural Effusion": 0.55})
+    assert named_sides(weak.text) == set()
 
 
 def test_uncertain_findings_are_hedged_and_unmentioned_abnormalities_removed():
@@ -100,7 +103,8 @@ def test_a_draft_with_nothing_left_says_the_study_is_normal():
 
 
 def test_side_of_a_map():
-    assert (side_of(0.8), side_of(0.2), side_of(0.5)) == ("right", "left", None)
+    assert (side_of(0.8), side_of(0.2), side_of(0.5), side_of(None)) == ("right", "left", None, None)
+    assert (side_of(0.55, 0.6), side_of(0.35, 0.6)) == (None, "left")
 
 
 # ---------------------------------------------------------------- the model: consistent for any weights
@@ -122,8 +126,7 @@ def test_random_weights_still_write_drafts_that_agree_with_their_findings(seed):
                 assert (labels[name] == 1) == (state == State.POSITIVE), (name, report.text)
                 if state == State.UNCERTAIN:
                     assert labels[name] == -1, (name, report.text)
-            sides = {m.observation: side_of(m.right_share()) for m in report.attention
-                     if m.kind == "region" and m.view == 0 and m.observation}
+            sides = {name: side_of(share) for name, share in report.map_right_shares.items()}
             for sentence in split_sentences(report.text):
                 for name in SIDED & positives(sentence):
                     if sides.get(name) and len(named_sides(sentence)) == 1:

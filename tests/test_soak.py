@@ -14,12 +14,13 @@ def test_short_soak_loses_nothing_and_leaves_no_file(weights):
     figures = soak_demo.main(["--weights", str(weights), "--requests", "8", "--bad", "2", "--settle-s", "0",
                               "--queue-size", "1", "--programs", "CLI"])
 
-    # The burst: every request answered, refused with its file's sentence, or told to retry later.
-    assert figures.requests == 8 and "lost" not in figures.outcomes, figures.lost
-    assert figures.outcomes.get("refused") == 2 and figures.outcomes.get("answered", 0) >= 1
+    # The burst (8 requests, a queue of 1): every request answered, refused with its file's sentence,
+    # or told to retry later; the uploads of all of them deleted, read or not.
+    assert figures.requests == 8 and set(figures.outcomes) <= {"answered", "refused", "busy"}, figures.lost
+    assert figures.outcomes.get("answered", 0) >= 1
     assert all(text.startswith("Frontal view: ") for text in figures.refusals)
     assert all("retry in about" in text and "Retry-After: " in text for text in figures.busy_answers)
-    assert figures.files_left_after_burst["upload"] == 0  # every upload deleted once read
+    assert figures.files_left_after_burst["upload"] == 0
 
     assert figures.sigterm_exit_code == 0 and figures.files_left_after_sigterm == 0
 
