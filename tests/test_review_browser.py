@@ -7,11 +7,14 @@ Screenshots go to /tmp/demo_shots/ (never the repository).
 from __future__ import annotations
 
 import csv
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import serve
+from conftest import REPO, serve
 from model_fixtures import REPORTS, write_tiny_dataset
 from playwright.sync_api import expect, sync_playwright
 from test_demo_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, TIMEOUT_MS
@@ -176,3 +179,17 @@ def test_the_blinded_comparison(browser, weights, reference_data, dataset, tmp_p
         page.screenshot(path=str(SHOTS / "review_blinded.png"), full_page=True)
     (row,) = ReaderStudy(db).comparison_rows()
     assert row["draft_side"] == ("left" if draft_on_left else "right") and row["preferred"] == "draft"
+
+
+@pytest.mark.parametrize("option, sentence", [
+    (["--review", "/nonexistent/worklist"], "the review worklist /nonexistent/worklist is not a folder"),
+    (["--review", "{empty}", "--blinded"], "holds no studies to review"),
+])
+def test_a_worklist_that_cannot_be_used_stops_the_start(weights, tmp_path, option, sentence):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(empty=tmp_path / "empty") for a in option]
+    env = {**os.environ, "RRG_WEIGHTS": str(weights), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "app.py", *args, "--review-db", str(tmp_path / "db.sqlite")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith("app.py: cannot start: ") and sentence in done.stderr
+    assert done.stderr.count("\n") == 1  # one sentence, no traceback
