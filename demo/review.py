@@ -176,7 +176,8 @@ def add_page(page: gr.Blocks, setup: ReviewSetup, model: Callable[[], service.Lo
                 out.update({left: blind_text(texts["left"]), right: blind_text(texts["right"]),
                             choice: saved.choice if saved else None, comments: saved.comments if saved else ""})
                 return out
-            out.update(evidence_outputs(now.evidence, item.reference))
+            metric = loaded.model.index.metric if loaded.model.index is not None else "distance"
+            out.update(evidence_outputs(now.evidence, item.reference, metric))
             saved = study.judgment(now.draft, name)
             out.update({acceptability: saved.acceptability if saved else None, edited: saved.edited_report if saved
                         else now.draft.text, comments: saved.comments if saved else "",
@@ -196,12 +197,13 @@ def add_page(page: gr.Blocks, setup: ReviewSetup, model: Callable[[], service.Lo
             shown_parts = [draft_box, reference_box, findings, references, edited, acceptability, map_choice, heatmap,
                            gallery, *counts.values()]
 
-        def evidence_outputs(evidence: service.Evidence, reference: str | None) -> dict:
+        def evidence_outputs(evidence: service.Evidence, reference: str | None, metric: str) -> dict:
             choices = rendering.heatmap_choices(evidence.report)
             maps = [(_render(evidence, index), label) for label, index in choices[:GALLERY_SIZE]]
             return {draft_box: evidence.report.text, reference_box: reference or "",
                     findings: rendering.findings_table(evidence.report),
-                    references: rendering.references_table(evidence.report),
+                    references: gr.Dataframe(rendering.references_table(evidence.report),
+                                             headers=rendering.reference_headers(metric)),
                     map_choice: gr.Dropdown(choices=choices, value=choices[0][1] if choices else None),
                     heatmap: maps[0][0] if maps else None, gallery: maps}
 
