@@ -3,6 +3,7 @@
     python app.py [--weights ORG/REPO[@REVISION] | FOLDER] [--reference-data DIR]
                   [--host 127.0.0.1] [--port 7860] [--share] [--auth USER:PASS]
                   [--allowed-hosts NAME,...] [--queue-size N]
+                  [--review STUDY_FOLDER|DATASET_DIR [--split test] [--reviewer NAME] [--review-db PATH] ...]
 
 Each option has an environment equivalent (RRG_WEIGHTS, RRG_REFERENCE_DATA, GRADIO_SERVER_NAME,
 GRADIO_SERVER_PORT, RRG_AUTH, RRG_ALLOWED_HOSTS, RRG_QUEUE_SIZE); Spaces sets the server name and
@@ -47,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(env RRG_ALLOWED_HOSTS)")
     parser.add_argument("--queue-size", type=int, default=env("RRG_QUEUE_SIZE", "128"),
                         help="requests that may wait; more are told to retry later (env RRG_QUEUE_SIZE; default 128)")
+    from demo import review_setup  # the reader-study options (no gradio, no torch)
+
+    review_setup.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -78,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         return _cannot_start(err)
     from demo import service, storage  # and a broken weights folder before gradio is
+    from demo import review_setup
 
     try:
         loading = service.Loading(args.weights, args.reference_data)  # locates the weights; no torch yet
+        review = review_setup.prepare(args)  # None without --review
     except service.STARTUP_ERRORS as err:
         return _cannot_start(err)
     files = storage.RunFolder()  # deletes what earlier runs left
@@ -95,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     try:
         page, refused = ui.build(loading, files, queue_size=args.queue_size)
+        if review is not None:  # the Review page at /review
+            from demo.review import add_page
+
+            add_page(page, review, loading.result)
         extra = [*args.allowed_hosts.split(","), os.environ.get("SPACE_HOST", "")]
         ui.launch(page, refused, host=args.host, port=args.port, share=args.share, auth=args.auth,
                   allowed_hosts=extra, served=lambda: loading.start().result())  # the page answers first

@@ -4,6 +4,7 @@
                                       [--json] [--beams N] [--max-length N] [--no-maps]
                                       [--state OBSERVATION=STATE ...]
     python -m rrg_core label REPORTS.{json,csv} [--column report] [--id-column id]
+    python -m rrg_core review-export DB --out DIR [--bootstrap N] [--seed S]   (see rrg_core.reader_stats)
 
 Each file is one study (one view). With ``--json`` each file gives one line holding a JSON object
 {"file", "report", "findings", "references", "overrides", "consistency", the input gate's fields
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "annotation.json")
     label.add_argument("--column", default="report", help="the field holding the report text")
     label.add_argument("--id-column", default="id", help="the field holding the id (default: row number)")
+    export = commands.add_parser("review-export", help="a reader study's judgments as CSV, summary and figures")
+    export.add_argument("db", metavar="DB", help="the reader-study SQLite file (app.py --review-db)")
+    export.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV, summary and figures")
+    export.add_argument("--bootstrap", type=_positive_int, default=2000, help="bootstrap resamples (default 2000)")
+    export.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     return parser
 
 
@@ -179,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
             label_file(args.file, args.column, args.id_column)
         except (OSError, ValueError, KeyError) as err:
             parser.error(str(err))
+        return 0
+    if args.command == "review-export":
+        from .reader_stats import export, summary_markdown
+
+        try:
+            print(summary_markdown(export(args.db, args.out, n_boot=args.bootstrap, seed=args.seed)))
+        except (OSError, ValueError) as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
         return 0
     from .config import check_folder_config
 
