@@ -185,11 +185,12 @@ def build(loading: service.Loading, files: storage.RunFolder, queue_size: int = 
             try:
                 overrides = {} if reset else rendering.edited_states(shown.report, rows)
                 views = service.read_views(_path(frontal), _path(lateral), held.get)
-            except ValueError as err:  # a cell that names no state, or the upload expired
+                done = service.generate(loading.result(), views, beams=beams, max_length=max_length,
+                                        overrides=overrides)
+            except ValueError as err:  # a cell that names no state, states that contradict, or the upload expired
                 raise gr.Error(str(err), print_exception=False) from None
-            again = service.evidence(service.generate(loading.result(), views, beams=beams, max_length=max_length,
-                                                      overrides=overrides))
-            del views
+            again = service.evidence(done)
+            del views, done
             memory.release()
             txt, js = outbox.export(again, again.report.text)
             return again.report.text, rendering.findings_table(again.report), txt, js, again

@@ -195,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
         return 0
     from .config import check_folder_config
+    from .decisions import apply_overrides, coherent
 
+    try:  # overrides that contradict each other whatever the model predicts are a usage error
+        apply_overrides(coherent([State.BLANK] * len(OBSERVATIONS)), dict(args.state))
+    except ValueError as err:
+        parser.error(str(err))
     try:
         check_folder_config(args.weights)  # a broken config.json is refused before torch is imported
     except ValueError as err:

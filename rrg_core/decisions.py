@@ -106,7 +106,9 @@ def parse_overrides(overrides: Mapping[str, str | int] | None) -> dict[str, Stat
 
 def apply_overrides(states: np.ndarray, overrides: Mapping[str, State]) -> np.ndarray:
     """One study's states [14] with the reader's overrides, made coherent. Overriding No Finding
-    to positive marks the study normal: every pathology the reader did not set becomes negative."""
+    to positive marks the study normal: every pathology the reader did not set becomes negative.
+    No Finding cannot be withdrawn on its own (the draft would have no abnormality to state):
+    ValueError unless a pathology is then positive or uncertain."""
     states = np.array(states, dtype=np.int64, copy=True)
     for name, state in overrides.items():
         states[OBSERVATIONS.index(name)] = state
@@ -114,7 +116,12 @@ def apply_overrides(states: np.ndarray, overrides: Mapping[str, State]) -> np.nd
         for i in _PATHOLOGY_INDICES:
             if OBSERVATIONS[i] not in overrides and states[i] in (State.POSITIVE, State.UNCERTAIN):
                 states[i] = State.NEGATIVE
-    return coherent(states)
+    result = coherent(states)
+    wanted = overrides.get("No Finding")
+    if wanted is not None and (wanted == State.POSITIVE) != (result[NO_FINDING] == State.POSITIVE):
+        raise ValueError("No Finding follows the other findings: to call the study abnormal, set the finding "
+                         "you see positive or uncertain")
+    return result
 
 
 def micro_f1(states: np.ndarray, truth: np.ndarray) -> float:

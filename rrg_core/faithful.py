@@ -12,7 +12,8 @@ with the evidence beside it. So every draft that reaches a user goes through
    a stated negative, a hedge on a decided finding) is removed; a sentence naming the side
    opposite to its finding's map gets the map's side; every positive or uncertain finding the
    text still lacks gets a sentence from :mod:`rrg_core.sentence_bank` (the one the decoder
-   finds most likely), in the place of the sentence it replaces.
+   finds most likely), in the place of the sentence it replaces; a sentence repeated word for
+   word is said once.
 
 After repair the text's labels equal the states for all 14 observations (No Finding by
 CheXpert's rule, as in :func:`rrg_core.decisions.coherent`), whatever the decoder wrote.
@@ -130,7 +131,18 @@ def make_consistent(
         result.edits.append(f"chose the decoder's beam {beam + 1}, which agrees better with the findings")
     if scores[beam]:
         result.text = _repair(candidates[beam], required, sides, clear, choose or (lambda options: 0), result.edits)
+    result.text = _without_repeats(result.text, result.edits)
     return result
+
+
+def _without_repeats(text: str, edits: list[str]) -> str:
+    """The text with a sentence said again word for word removed (decoders loop on templates)."""
+    sentences = split_sentences(text)
+    unique = list(dict.fromkeys(sentences))
+    if len(unique) == len(sentences):
+        return text
+    edits.append(f"removed {len(sentences) - len(unique)} repeated sentence(s)")
+    return " . ".join(unique) + " ."
 
 
 def _repair(text: str, required: Mapping[str, State], sides: Mapping[str, str | None],

@@ -171,6 +171,7 @@ def test_text_form_gives_the_side_of_each_flagged_findings_map():
         (["report", "x.png", "--state", "Heart=positive"], "unknown observation 'Heart'"),
         (["report", "x.png", "--state", "Cardiomegaly=likely"], "unknown state 'likely' for Cardiomegaly"),
         (["report", "x.png", "--state", "Cardiomegaly"], "expected OBSERVATION=STATE"),
+        (["report", "x.png", "--state", "No Finding=negative"], "No Finding follows the other findings"),
     ],
 )
 def test_usage_errors_exit_with_code_2(argv, message, capsys):

@@ -131,6 +131,7 @@ def test_the_reader_overrules_a_finding_and_the_draft_follows(page):
     expect(page.locator("#heatmap img")).to_be_visible()  # the evidence is drawn: the table no longer changes
     row = page.locator("#findings [role=row]").filter(has=page.get_by_role("gridcell", name="Pneumothorax", exact=True))
     cell = row.get_by_role("gridcell").nth(rendering.STATE_COLUMN)
+    cell.scroll_into_view_if_needed()  # the table scrolls inside the page
     cell.dblclick()
     cell.locator("textarea, input").fill("pos")
     page.keyboard.press("Enter")

@@ -195,6 +195,16 @@ def test_no_finding_follows_the_pathologies_and_a_normal_override_clears_them():
     assert normal[OBSERVATIONS.index("Pleural Effusion")] == State.NEGATIVE
     assert normal[OBSERVATIONS.index("Support Devices")] == State.POSITIVE
     assert normal[OBSERVATIONS.index("No Finding")] == State.POSITIVE
+    with pytest.raises(ValueError, match="No Finding follows the other findings"):
+        apply_overrides(states(), parse_overrides({"No Finding": "negative"}))
+    abnormal = apply_overrides(states(), parse_overrides({"No Finding": "blank", "Edema": "uncertain"}))
+    assert abnormal[OBSERVATIONS.index("No Finding")] == State.BLANK
+
+
+def test_a_sentence_repeated_word_for_word_is_said_once():
+    result = make_consistent(["the lungs are clear . the bones are normal . the bones are normal ."], states(), {})
+    assert result.text == "the lungs are clear . the bones are normal ."
+    assert result.edits == ["removed 1 repeated sentence(s)"]
 
 
 def test_fitted_thresholds_are_a_joint_optimum_of_micro_f1():
