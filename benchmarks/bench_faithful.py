@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rrg_core.datasets import load_split
 from rrg_core.evaluation import generate_for, table_text_agreement
 from rrg_core.faithful import named_sides
 from rrg_core.labeler import label_report
 from rrg_core.metrics import clinical_efficacy, nlg_metrics
-from rrg_core.phantoms import write_dataset
+from rrg_core.phantoms import phantoms_or_split
 from rrg_core.pretrained import from_pretrained
 from rrg_core.report_text import normalize_report, split_sentences, to_prose
 from rrg_core.study_dataset import read_masks, study_loader
@@ -108,11 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
         model.decision = None
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.phantoms:
-            data, split = write_dataset(Path(tmp) / "eval", n=args.phantoms, seed=args.phantom_seed), "all"
-        else:
-            data, split = Path(args.data), args.split
-        studies = load_split(data, split)[: args.limit]
+        studies = phantoms_or_split(tmp, phantoms=args.phantoms, seed=args.phantom_seed, data=args.data,
+                                    split=args.split)[0][: args.limit]
         references, reports, _ = generate_for(model, studies, dataset=args.dataset)
         reference_labels = [label_report(t) for t in references]
         result: dict = {"weights": str(args.weights or "embedded default"), "n": len(studies),

@@ -13,9 +13,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from rrg_core.datasets import load_split
 from rrg_core.evaluation import fit_decision_rule
-from rrg_core.phantoms import write_dataset
+from rrg_core.phantoms import phantoms_or_split
 from rrg_core.pretrained import from_pretrained
 
 
@@ -35,13 +34,8 @@ def main(argv: list[str] | None = None) -> Path:
     folder = Path(args.weights)
     model = from_pretrained(folder)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.phantoms:
-            data, split = write_dataset(Path(tmp) / "val", n=args.phantoms, seed=args.phantom_seed), "all"
-            where = f"{args.phantoms} fresh SynthCXR phantoms (seed {args.phantom_seed})"
-        else:
-            data, split = Path(args.data), args.split
-            where = f"the {split} split of {data.name}"
-        studies = load_split(data, split)
+        studies, where = phantoms_or_split(tmp, phantoms=args.phantoms, seed=args.phantom_seed, data=args.data,
+                                           split=args.split)
         rule = fit_decision_rule(model, studies, dataset=args.dataset, fitted_on=f"{where}, {len(studies)} studies")
     path = rule.save(folder)
     print(json.dumps(rule.thresholds, indent=2))

@@ -22,7 +22,7 @@ import torch
 
 from rrg_core.datasets import load_split
 from rrg_core.evaluation import evaluate, fit_decision_rule
-from rrg_core.phantoms import write_dataset
+from rrg_core.phantoms import phantoms_or_split
 from rrg_core.pretrained import from_pretrained
 
 from .config import TrainConfig
@@ -79,13 +79,9 @@ def main(argv: list[str] | None = None) -> Path:
     # Evaluate what was saved (float16 weights included), so train.evaluate reproduces it.
     model = from_pretrained(out)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.eval_phantoms:
-            data, split = write_dataset(Path(tmp) / "eval", n=args.eval_phantoms, seed=args.eval_seed), "all"
-            where = f"{args.eval_phantoms} fresh SynthCXR phantoms (seed {args.eval_seed}, unseen in training)"
-        else:
-            data, split = Path(args.eval_data), args.eval_split
-            where = f"{data} [{split}]"
-        result = evaluate(model, load_split(data, split), dataset=train_config["dataset"])
+        studies, where = phantoms_or_split(tmp, phantoms=args.eval_phantoms, seed=args.eval_seed,
+                                           data=args.eval_data, split=args.eval_split)
+        result = evaluate(model, studies, dataset=train_config["dataset"])
     if args.no_texts:  # the samples quote reference reports, which may not be redistributed either
         result.pop("samples", None)
     (out / "eval_results.json").write_text(json.dumps({**result, "evaluated_on": where}, indent=2))

@@ -15,7 +15,7 @@ masks), ``reports`` (the report writer), ``generator`` (one phantom), ``dataset`
 from __future__ import annotations
 
 from .config import DEFAULT_PREVALENCE, PhantomConfig
-from .dataset import write_dataset, write_dicom
+from .dataset import phantoms_or_split, write_dataset, write_dicom
 from .findings import Finding, random_finding, sample_findings
 from .generator import Phantom, make_phantom, render
 from .reports import WrittenReport, write_report
@@ -29,6 +29,7 @@ __all__ = [
     "WrittenReport",
     "contact_sheet",
     "make_phantom",
+    "phantoms_or_split",
     "random_finding",
     "render",
     "sample_findings",

@@ -139,3 +139,19 @@ def write_dicom(path: str | Path, phantom: Phantom, index: int = 0) -> Path:
     path = Path(path)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def phantoms_or_split(
+    folder: str | Path, *, phantoms: int, seed: int, data: str | Path | None = None, split: str = "test"
+) -> tuple[list, str]:
+    """Held-out studies for tuning or evaluation: ``phantoms`` fresh phantoms of ``seed`` written
+    under ``folder`` (when > 0), else the ``split`` of the dataset folder ``data``; with a phrase
+    saying which, for model cards and sidecars."""
+    from ..datasets import load_split  # rrg_core.datasets reads what this module writes
+
+    if phantoms:
+        root = write_dataset(Path(folder) / f"phantoms-{seed}", n=phantoms, seed=seed)
+        return load_split(root, "all"), f"{phantoms} fresh SynthCXR phantoms (seed {seed})"
+    if data is None:
+        raise ValueError("give either a number of phantoms or a dataset folder")
+    return load_split(data, split), f"the {split} split of {Path(data).name}"
