@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from model_fixtures import REPORTS
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
 from demo import rendering
@@ -88,6 +89,24 @@ def test_upload_generate_and_see_report_references_and_heatmap(page, weights):
     assert payload["edited"] is True and payload["draft"] == expected.text
 
 
+def _edit_state(page, finding: str, text: str):
+    """Type ``text`` into a finding's state cell; returns the finding's row. The table is redrawn
+    while a result arrives (and scrolls inside the page), so each try locates the cell afresh."""
+    for _ in range(10):
+        row = page.locator("#findings [role=row]").filter(has=page.get_by_role("gridcell", name=finding, exact=True))
+        cell = row.get_by_role("gridcell").nth(rendering.STATE_COLUMN)
+        try:
+            cell.scroll_into_view_if_needed(timeout=5_000)
+            cell.dblclick(timeout=5_000)
+            cell.locator("textarea, input").fill(text, timeout=5_000)
+            page.keyboard.press("Enter")
+            expect(cell).to_contain_text(text, timeout=5_000)
+            return row
+        except (PlaywrightError, AssertionError):
+            page.wait_for_timeout(500)
+    raise AssertionError(f"could not type into the state cell of {finding}")
+
+
 def _download_json_until(page, condition, tries: int = 20) -> dict:
     """The .json download once it satisfies ``condition`` (its update is an async server round trip)."""
     for _ in range(tries):
@@ -129,13 +148,7 @@ def test_the_reader_overrules_a_finding_and_the_draft_follows(page):
     report = page.locator("#report textarea")
     expect(report).not_to_have_value("")
     expect(page.locator("#heatmap img")).to_be_visible()  # the evidence is drawn: the table no longer changes
-    row = page.locator("#findings [role=row]").filter(has=page.get_by_role("gridcell", name="Pneumothorax", exact=True))
-    cell = row.get_by_role("gridcell").nth(rendering.STATE_COLUMN)
-    cell.scroll_into_view_if_needed()  # the table scrolls inside the page
-    cell.dblclick()
-    cell.locator("textarea, input").fill("pos")
-    page.keyboard.press("Enter")
-    expect(cell).to_contain_text("pos")
+    row = _edit_state(page, "Pneumothorax", "pos")
     page.get_by_role("button", name="Redraft with these findings").click()
     expect(row).to_contain_text("set by the reader")
     expect(report).to_have_value(re.compile("pneumothorax", re.IGNORECASE))

@@ -210,7 +210,7 @@ def test_banner_withheld_draft_and_cli_warning(gated):
 def test_the_card_headline_names_the_evaluation_and_known_failures():
     headline = service.card_headline(service.DEFAULT_WEIGHTS)
     assert headline.startswith("**Measured** on 300 fresh SynthCXR phantoms")
-    assert "CE micro-F1 0.871" in headline and "**Known failures:** Side and severity are often wrong" in headline
+    assert "CE micro-F1 0.871" in headline and "**Known failures:** Its decoder names the wrong side" in headline
 
 
 def test_set_section_replaces_or_appends(tmp_path):
