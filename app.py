@@ -10,7 +10,8 @@ GRADIO_SERVER_PORT, RRG_AUTH, RRG_ALLOWED_HOSTS, RRG_QUEUE_SIZE); Spaces sets th
 port, and its SPACE_HOST is an allowed host. Weights that cannot be had stop the start with one
 sentence on stderr and exit code 2: serving other weights than the ones asked for would be worse.
 The page answers as soon as Gradio serves it and says "Loading the model" until torch,
-transformers and the weights are loaded behind it (requests wait for them).
+transformers and the weights, whose loading starts before gradio is imported, are ready
+(requests wait for them).
 
 All files live in a private folder of this run (demo.storage): leftovers of earlier runs are
 deleted first, and this run's folder on exit, SIGTERM (a container stop) and SIGINT alike.
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(files.purge)  # again at exit: a worker thread may still have written a file
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop)
+    loading.start()  # torch, transformers and the weights load while gradio imports: broken weights fail sooner
     from demo import guard, ui
 
     if args.auth is None and not guard.is_loopback(args.host):
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             add_page(page, review, loading.result)
         extra = [*args.allowed_hosts.split(","), os.environ.get("SPACE_HOST", "")]
         ui.launch(page, refused, host=args.host, port=args.port, share=args.share, auth=args.auth,
-                  allowed_hosts=extra, served=lambda: loading.start().result())  # the page answers first
+                  allowed_hosts=extra, served=loading.result)  # the page answers first
     except service.STARTUP_ERRORS as err:  # the weights failed to load behind the page
         return _cannot_start(err)
     except KeyboardInterrupt:
