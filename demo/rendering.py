@@ -31,7 +31,7 @@ _STATE_WORDS = {"positive": "positive", "negative": "negative", "uncertain": "un
                 "blank": "blank", "not mentioned": "blank", "none": "blank"}
 # Relative widths of the columns that need more room than a number; any other column gets 1.
 WIDE_COLUMNS = {"Finding": 2.2, "State (editable)": 1.4, "P(not mentioned)": 1.3, "Map side (patient R / L)": 1.6,
-                "Decided by": 1.6}
+                "Decided by": 2.2}
 # Top of each map kind's colour scale, in multiples of uniform attention. Measured peaks: region
 # maps of the SynthCXR weights 2-34x, of the IU X-Ray weights 1.1-2.5x; global maps of both 1.0x.
 SCALE_TOP = {"region": 32.0, "global": 8.0}

@@ -99,7 +99,7 @@ def build(loading: service.Loading, files: storage.RunFolder, queue_size: int = 
                     txt_button = gr.DownloadButton("Download .txt", interactive=False, size="md")
                     json_button = gr.DownloadButton("Download .json", interactive=False, size="md")
                 findings = gr.Dataframe(headers=rendering.FINDINGS_HEADERS, label="Per-finding probabilities",
-                                        interactive=True, type="array", max_height=420, wrap=True, elem_id="findings",
+                                        interactive=True, type="array", max_height=640, wrap=True, elem_id="findings",
                                         column_widths=rendering.column_widths(rendering.FINDINGS_HEADERS),
                                         static_columns=[i for i in range(len(rendering.FINDINGS_HEADERS))
                                                         if i != rendering.STATE_COLUMN])

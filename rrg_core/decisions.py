@@ -179,10 +179,10 @@ def rule_text(
     if overridden:
         return "set by the reader"
     if observation == "No Finding":
-        return "positive only when no pathology is positive or uncertain"
+        return "positive when no pathology is called"
     if rule is None:
-        return f"most probable state (prior adjustment {adjustment:g})"
+        return f"likeliest state (prior × {adjustment:g})"
     threshold = rule.thresholds.get(observation, DEFAULT_THRESHOLD)
     if shown is not None:
         threshold = float(shown(observation, threshold))
-    return f"positive if P(pos.) ≥ {threshold:.2f}"
+    return f"positive at P(pos.) ≥ {threshold:.2f}"

@@ -260,7 +260,7 @@ def test_the_rule_shows_the_threshold_on_the_tables_calibrated_scale():
     from rrg_core.decisions import rule_text
 
     rule = DecisionRule({"Cardiomegaly": 0.2})
-    assert rule_text("Cardiomegaly", rule, 1.0, False) == "positive if P(pos.) ≥ 0.20"
-    assert rule_text("Cardiomegaly", rule, 1.0, False, lambda o, t: t * 2) == "positive if P(pos.) ≥ 0.40"
+    assert rule_text("Cardiomegaly", rule, 1.0, False) == "positive at P(pos.) ≥ 0.20"
+    assert rule_text("Cardiomegaly", rule, 1.0, False, lambda o, t: t * 2) == "positive at P(pos.) ≥ 0.40"
     assert rule_text("Cardiomegaly", rule, 1.0, True) == "set by the reader"
-    assert rule_text("Cardiomegaly", None, 0.75, False) == "most probable state (prior adjustment 0.75)"
+    assert rule_text("Cardiomegaly", None, 0.75, False) == "likeliest state (prior × 0.75)"
