@@ -1,6 +1,7 @@
 """Tiny models, batches and datasets for the tests: built in seconds, nothing committed."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -101,7 +102,10 @@ def fit_tiny_gate(model: REVTAF, root, n: int = 24) -> REVTAF:
     fit, held = (load_split(write_dataset(root / f"phantoms{seed}", n=n, seed=seed), "all") for seed in (11, 12))
     fitted, held_out = observe_studies(model, fit), observe_studies(model, held)
     negative = non_radiograph_stats(model, frontal_pixels(fit), n, seed=1)
-    model.gate = Gate.fit(fitted.both(), held_out.both(), negative, trained_on="synthetic phantoms",
-                          fitted_on="tiny test phantoms", quantile=1.0)
+    gate = Gate.fit(fitted.both(), held_out.both(), negative, trained_on="synthetic phantoms",
+                    fitted_on="tiny test phantoms", quantile=1.0)
+    # 24 phantoms give a noisy Mahalanobis estimate: a margin, so that an unseen phantom's verdict
+    # does not hang on rounding (torch's thread count, set by earlier tests, changes the last digits).
+    model.gate = dataclasses.replace(gate, threshold=1.5 * gate.threshold)
     model.calibration = Calibration.fit(held_out.native.p_positive.numpy(), held_out.positive, "tiny test phantoms")
     return model
