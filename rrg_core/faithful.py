@@ -25,12 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .labeler import label_report
-from .observations import OBSERVATIONS, State
+from .observations import OBSERVATIONS, State, chexpert_to_state
 from .report_text import split_sentences
 from .sentence_bank import SIDED, sentences_for
 
-# CheXpert values of the labeler -> the state the text must carry for it.
-_LABEL_TO_STATE = {None: State.BLANK, 1: State.POSITIVE, 0: State.NEGATIVE, -1: State.UNCERTAIN}
 _SIDE_WORD = re.compile(r"\b(right|left)\b")
 _BOTH_SIDES = re.compile(r"\b(?:bilateral\w*|both|bibasilar|biapical)\b")
 
@@ -62,22 +60,22 @@ class Consistency:
         return {"beam": self.beam, "decoder_text": self.decoder_text, "edits": list(self.edits)}
 
 
+def _said(state: int) -> State:
+    """The three things a text can say of a finding: positive, uncertain, or neither (negative)."""
+    state = State(int(state))
+    return state if state in (State.POSITIVE, State.UNCERTAIN) else State.NEGATIVE
+
+
 def required_states(states: Sequence[int]) -> dict[str, State]:
-    """What the text must say of each observation: positive, uncertain, or neither (negative)."""
-    out = {}
-    for name, state in zip(OBSERVATIONS, states):
-        state = State(int(state))
-        out[name] = state if state in (State.POSITIVE, State.UNCERTAIN) else State.NEGATIVE
-    return out
+    """What the text must say of each observation."""
+    return {name: _said(state) for name, state in zip(OBSERVATIONS, states)}
 
 
-def text_states(text: str) -> dict[str, State]:
-    """The labeler's reading of ``text`` in the same three classes as :func:`required_states`."""
-    out = {}
-    for name, value in label_report(text).items():
-        state = _LABEL_TO_STATE[value]
-        out[name] = state if state in (State.POSITIVE, State.UNCERTAIN) else State.NEGATIVE
-    return out
+def text_states(text: str, labels: Mapping[str, int | None] | None = None) -> dict[str, State]:
+    """The labeler's reading of ``text`` (or its ``labels``, where already computed) in the same
+    three classes as :func:`required_states`."""
+    labels = label_report(text) if labels is None else labels
+    return {name: _said(chexpert_to_state(value)) for name, value in labels.items()}
 
 
 def side_of(right_share: float | None, share: float = SIDE_SHARE) -> str | None:
@@ -102,9 +100,10 @@ def mismatches(text: str, required: Mapping[str, State], sides: Mapping[str, str
     got = text_states(text)
     count = sum(got[o] != required[o] for o in OBSERVATIONS)
     for sentence in split_sentences(text):
+        named = named_sides(sentence)
         for name, state in text_states(sentence).items():
             side = sides.get(name)
-            if state == State.POSITIVE and side and name in SIDED and named_sides(sentence) == {_other(side)}:
+            if state == State.POSITIVE and side and name in SIDED and named == {_other(side)}:
                 count += 1
     return count
 
@@ -151,7 +150,7 @@ def _repair(text: str, required: Mapping[str, State], sides: Mapping[str, str | 
     removed_at: dict[str, int] = {}
     for sentence in split_sentences(text):
         labels = label_report(sentence)
-        got = text_states(sentence)
+        got = text_states(sentence, labels)
         # A sentence contradicts a finding it mentions in another state than the findings'.
         wrong = [o for o in OBSERVATIONS if o != "No Finding" and labels[o] is not None and got[o] != required[o]]
         if required["No Finding"] == State.POSITIVE and got["No Finding"] != State.POSITIVE:

@@ -283,7 +283,6 @@ class REVTAF(nn.Module):
                     states=final[b].tolist(),
                     references=self._reference_list(distances[b], indices[b]),
                     attention=attention,
-                    predicted_states=predicted[b].tolist(),
                     overrides={o: STATE_NAMES[s] for o, s in overrides[b].items()},
                     decision_rules={o: rule_text(o, self.decision, c.decision_adjustment, o in overrides[b], shown)
                                     for o in OBSERVATIONS},

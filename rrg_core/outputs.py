@@ -92,7 +92,6 @@ class Report:
     states: list[int]  # the State per observation the text was written from, OBSERVATIONS order
     references: list[Reference] = field(default_factory=list)
     attention: list[AttentionMap] = field(default_factory=list)
-    predicted_states: list[int] | None = None  # the model's own decision, before the reader's overrides
     overrides: dict[str, str] = field(default_factory=dict)  # observation -> state name, set by the reader
     decision_rules: dict[str, str] = field(default_factory=dict)  # observation -> how its state was decided
     consistency: Consistency | None = None  # how the draft was made to agree with the states

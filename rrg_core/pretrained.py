@@ -40,9 +40,7 @@ def save_pretrained(model: REVTAF, directory: str | os.PathLike, *, dtype: torch
     model.tokenizer.save_pretrained(directory)
     if model.index is not None:
         model.index.save(directory)
-    if model.decision is not None:
-        model.decision.save(directory)
-    for sidecar in (model.gate, model.calibration):
+    for sidecar in (model.decision, model.gate, model.calibration):
         if sidecar is not None:
             sidecar.save(directory)
     return directory
