@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from rrg_core.observations import OBSERVATIONS, STATE_NAMES, State
-from rrg_core.outputs import AttentionMap, Report
+from rrg_core.outputs import AttentionMap, Report, peak_ratio
 from rrg_core.xray_io import XRay, to_uint8
 
 VIEW_NAMES: tuple[str, ...] = ("frontal", "lateral")
@@ -99,7 +99,7 @@ def overlay(pixels: np.ndarray, heatmap: np.ndarray, title: str, kind: str = "re
 
 def caption(title: str, heatmap: np.ndarray) -> str:
     """The overlay's title with the map's peak, which says when the map is near-uniform."""
-    peak = float(heatmap.max() * heatmap.size / max(float(heatmap.sum()), 1e-12))
+    peak = peak_ratio(heatmap)
     return f"{title} · peak {peak:.1f}x uniform" + (" (near-uniform: no place stands out)" if peak < NEAR_UNIFORM else "")
 
 

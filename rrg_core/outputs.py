@@ -53,9 +53,14 @@ class AttentionMap:
         return right_share(self.heatmap)
 
     def peak_ratio(self) -> float:
-        """The map's peak as a multiple of its average: 1 for a uniform map (no localisation)."""
-        heatmap = np.asarray(self.heatmap, dtype=np.float64)  # session copies are float16
-        return float(heatmap.max() * heatmap.size / max(float(heatmap.sum()), 1e-12))
+        """:func:`peak_ratio` of this map."""
+        return peak_ratio(self.heatmap)
+
+
+def peak_ratio(heatmap: np.ndarray) -> float:
+    """A map's peak as a multiple of its average: 1 for a uniform map (no localisation)."""
+    heatmap = np.asarray(heatmap, dtype=np.float64)  # session copies are float16
+    return float(heatmap.max() * heatmap.size / max(float(heatmap.sum()), 1e-12))
 
 
 def right_share(heatmap: np.ndarray) -> float:
