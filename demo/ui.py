@@ -148,15 +148,17 @@ def build(loading: service.Loading, files: storage.RunFolder, queue_size: int = 
                     gr.DownloadButton(value=None, interactive=False), gr.Dropdown(choices=[], value=None), None, [], None,
                     gr.Markdown(value="", visible=False), "")
 
-        def draft(frontal, lateral, fetch, beams, max_length) -> tuple:
-            """Report, findings, references, downloads and the session's Evidence. The decoded film
-            and the full-size maps are dropped, and their memory handed back, before this returns."""
+        def draft(frontal, lateral, fetch, beams, max_length, overrides=None) -> tuple:
+            """Report, findings, references, downloads and the session's Evidence, drafted from the
+            reader's ``overrides`` where given. The decoded film and the full-size maps are dropped,
+            and their memory handed back, before this returns."""
+            started = time.monotonic()
             try:
                 views = service.read_views(_path(frontal), _path(lateral), fetch)
-            except UnreadableImage as err:
+                done = service.generate(loading.result(), views, beams=beams, max_length=max_length,
+                                        overrides=overrides)
+            except ValueError as err:  # an unreadable or expired upload, or overrides that contradict
                 raise gr.Error(str(err), print_exception=False) from None
-            started = time.monotonic()
-            done = service.generate(loading.result(), views, beams=beams, max_length=max_length)
             pace.record(time.monotonic() - started)
             shown = service.evidence(done)
             del views, done
@@ -184,16 +186,10 @@ def build(loading: service.Loading, files: storage.RunFolder, queue_size: int = 
             rows = table.get("data", []) if isinstance(table, dict) else table  # unprocessed: Gradio's payload
             try:
                 overrides = {} if reset else rendering.edited_states(shown.report, rows)
-                views = service.read_views(_path(frontal), _path(lateral), held.get)
-                done = service.generate(loading.result(), views, beams=beams, max_length=max_length,
-                                        overrides=overrides)
-            except ValueError as err:  # a cell that names no state, states that contradict, or the upload expired
+            except ValueError as err:  # a cell that names no state
                 raise gr.Error(str(err), print_exception=False) from None
-            again = service.evidence(done)
-            del views, done
-            memory.release()
-            txt, js = outbox.export(again, again.report.text)
-            return again.report.text, rendering.findings_table(again.report), txt, js, again
+            text, findings_rows, _, txt, js, again = draft(frontal, lateral, held.get, beams, max_length, overrides)
+            return text, findings_rows, txt, js, again
 
         def check_page(frontal, lateral, beams, max_length, held):
             return [*_view_checks(frontal, lateral, held.get), *_option_checks(beams, max_length), VALID]
