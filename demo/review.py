@@ -162,7 +162,7 @@ def add_page(page: gr.Blocks, setup: ReviewSetup, model: Callable[[], service.Lo
             except (UnreadableImage, OSError) as err:
                 return {**out, **empty_study(), info: f"⚠️ **{err}** This study cannot be reviewed: go on to the next."}
             loaded = model()
-            config = loaded.model.config
+            config = loaded.reporter.config
             options = {"beams": config.num_beams, "max_length": config.max_new_tokens}
             now.evidence = service.evidence(service.generate(loaded, views, **options))
             del views
@@ -176,7 +176,8 @@ def add_page(page: gr.Blocks, setup: ReviewSetup, model: Callable[[], service.Lo
                 out.update({left: blind_text(texts["left"]), right: blind_text(texts["right"]),
                             choice: saved.choice if saved else None, comments: saved.comments if saved else ""})
                 return out
-            metric = loaded.model.index.metric if loaded.model.index is not None else "distance"
+            index = loaded.reporter.model.index
+            metric = index.metric if index is not None else "distance"
             out.update(evidence_outputs(now.evidence, item.reference, metric))
             saved = study.judgment(now.draft, name)
             out.update({acceptability: saved.acceptability if saved else None, edited: saved.edited_report if saved

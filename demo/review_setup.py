@@ -52,12 +52,7 @@ def prepare(args: argparse.Namespace) -> ReviewSetup | None:
     if args.blinded and all(item.reference is None for item in items):
         raise ValueError(f"--blinded compares drafts with the dataset's reports, and {args.review} has none "
                          "(a folder of images)")
-    if args.weights is None:
-        from rrg_core.pretrained import DEFAULT_WEIGHTS  # app.py has loaded torch by now
-
-        folder = DEFAULT_WEIGHTS
-    else:
-        folder = resolve_weights(args.weights)
+    folder = resolve_weights(args.weights)
     name, revision = weights_identity(folder, args.weights)
     path = Path(args.review_db) if args.review_db else default_path()
     try:

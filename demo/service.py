@@ -31,14 +31,14 @@ from PIL import Image
 
 from rrg_core.config import REVTAFConfig
 from rrg_core.datasets import report_texts
-from rrg_core.hub import DEFAULT_WEIGHTS, WeightsUnavailable, resolve_weights
+from rrg_core.hub import DEFAULT_NAME, WeightsUnavailable, resolve_weights
 from rrg_core.outputs import AttentionMap, Report, strict_json
 from rrg_core.xray_io import UnreadableImage, XRay, read_xray, to_uint8
 
 from . import rendering
 
 if TYPE_CHECKING:  # torch and transformers load in the background (Loading), after the page answers
-    from rrg_core.model import REVTAF
+    from rrg_core.pipeline import ReportPipeline
 
 DISCLAIMER = "Research use only — not for diagnosis."
 OUTBOX_MAX_AGE_S = 120
@@ -81,7 +81,7 @@ EXPIRED = "The uploaded file is no longer on the server (uploads are kept only w
 class LoadedModel:
     """A ready model with what the page says about it."""
 
-    model: REVTAF
+    reporter: ReportPipeline
     weights_id: str
     card: str  # markdown: what the weights are and what they were trained on
     texts_note: str | None  # why reference texts are missing; None when they are shown
@@ -125,7 +125,7 @@ class Loading:
     """
 
     def __init__(self, weights: str | None = None, reference_data: str | os.PathLike | None = None) -> None:
-        self.folder = resolve_weights(weights if weights is not None else DEFAULT_WEIGHTS)
+        self.folder = resolve_weights(weights)
         self.weights_id = _weights_id(weights, self.folder)
         self.card = model_card_summary(self.folder)
         self.config = REVTAFConfig.load(self.folder / "config.json")
@@ -149,14 +149,15 @@ class Loading:
             self._loaded.set_exception(err)
 
     def _load_model(self) -> LoadedModel:
-        from rrg_core.pretrained import from_pretrained
+        from rrg_core.pipeline import ReportPipeline
         from rrg_core.threads import set_threads
 
         set_threads(REQUEST_THREADS)
         texts = report_texts(self._reference_data) if self._reference_data is not None else None
-        model = from_pretrained(self.folder, texts_from=texts)
-        has_texts = model.index is not None and model.index.texts is not None
-        return LoadedModel(model=model, weights_id=self.weights_id, card=self.card,
+        reporter = ReportPipeline.from_pretrained(self.folder, texts_from=texts)
+        index = reporter.model.index
+        has_texts = index is not None and index.texts is not None
+        return LoadedModel(reporter=reporter, weights_id=self.weights_id, card=self.card,
                            texts_note=None if has_texts else MISSING_TEXTS, maps_note=self.maps_note,
                            headline=self.headline, gate_note=self.gate_note)
 
@@ -172,7 +173,7 @@ def load(weights: str | None = None, reference_data: str | os.PathLike | None = 
 
 def _weights_id(spec: str | None, folder: Path) -> str:
     if spec is None:
-        return f"embedded default ({DEFAULT_WEIGHTS.relative_to(DEFAULT_WEIGHTS.parents[2])})"
+        return f"embedded default ({DEFAULT_NAME})"
     if Path(spec).is_dir():
         return str(spec)
     return f"{spec} (snapshot {folder.name[:12]})"  # Hub snapshots are named by commit
@@ -307,13 +308,13 @@ def generate(
     draft then follows."""
     from rrg_core.preprocessing import MAX_MAP_SIDE  # torch is loaded by now
 
-    n_views = loaded.model.config.n_views
+    n_views = loaded.reporter.config.n_views
     notes = []
     if len(views) > n_views:
         notes.append("These weights read one view: the lateral view was not used.")
     elif len(views) < n_views:
         notes.append("These weights read two views: the frontal view was read for both.")
-    report = loaded.model.generate_from_xrays(
+    report = loaded.reporter(
         [views], num_beams=int(beams), max_new_tokens=int(max_length), max_map_side=MAX_MAP_SIDE,
         states=[overrides]
     )[0]

@@ -2,9 +2,13 @@
 
     import rrg_core
     xray = rrg_core.read_xray("chest.dcm")                 # any PNG/JPEG/TIFF/DICOM
-    model = rrg_core.load_model()                         # embedded default weights
-    report = model.generate_from_xrays([xray])[0]
+    reporter = rrg_core.load_pipeline()                   # embedded default weights ("synthcxr")
+    report = reporter([xray])[0]
     print(report.text)
+
+``load_model`` gives the tensor-level :class:`REVTAF` alone (encode, retrieve, diagnose, decode,
+the training losses); ``load_pipeline`` wraps it in a :class:`ReportPipeline`, which turns X-rays
+into reports with their evidence.
 
 Names are imported lazily, so reading an X-ray or labelling a report does not pay
 for importing torch and transformers.
@@ -47,7 +51,9 @@ _EXPORTS = {
     # the model
     "REVTAFConfig": "config",
     "REVTAF": "model",
-    "load_model": "pretrained",
+    "load_model": "model",
+    "ReportPipeline": "pipeline",
+    "load_pipeline": "pipeline",
     "build_index": "indexing",
 }
 

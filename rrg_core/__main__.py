@@ -114,7 +114,7 @@ def label_file(path: str, column: str, id_column: str, out=None) -> int:
 
 
 def report_file(
-    model, path: str, *, beams: int | None = None, max_length: int | None = None, maps: bool = True,
+    reporter, path: str, *, beams: int | None = None, max_length: int | None = None, maps: bool = True,
     states: dict | None = None,
 ) -> dict[str, Any]:
     """One file's record; an unreadable file gets ``error`` and empty results."""
@@ -127,8 +127,7 @@ def report_file(
         return {"file": path, "report": None, "findings": [], "references": [], "overrides": {}, "consistency": None,
                 "error": str(err)}
     side = MAX_MAP_SIDE if maps else NO_MAP_SIDE
-    report = model.generate_from_xrays([xray], num_beams=beams, max_new_tokens=max_length, max_map_side=side,
-                                       states=[states])[0]
+    report = reporter([xray], num_beams=beams, max_new_tokens=max_length, max_map_side=side, states=[states])[0]
     if not maps:
         report.attention = []
     return {"file": path, **report.to_dict(), "error": None}
@@ -207,17 +206,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     from .datasets import report_texts
     from .hub import WeightsUnavailable
-    from .pretrained import load_model
+    from .pipeline import load_pipeline
 
     try:
         texts = None
         if args.reference_data:
             texts = report_texts(args.reference_data)
-        model = load_model(args.weights, texts_from=texts)
+        reporter = load_pipeline(args.weights, texts_from=texts)
     except (WeightsUnavailable, ValueError, FileNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")  # one sentence, without the usage text of a bad option
     for path in args.files:
-        record = report_file(model, path, beams=args.beams, max_length=args.max_length, maps=args.maps,
+        record = report_file(reporter, path, beams=args.beams, max_length=args.max_length, maps=args.maps,
                              states=dict(args.state))
         line = json.dumps(strict_json(record), ensure_ascii=False, allow_nan=False) if args.json else format_text(record)
         print(line, flush=True)

@@ -28,6 +28,7 @@ from .metrics import (
     retrieval_metrics,
 )
 from .model import REVTAF
+from .pipeline import ReportPipeline
 from .observations import OBSERVATIONS, State, labels_to_states
 from .prompts import FINDING_PROMPTS
 from .report_text import normalize_report
@@ -71,10 +72,9 @@ def diagnosis_logits(model: REVTAF, studies: Sequence[Study], *, dataset: str = 
     """Raw diagnosis logits [N, 14, 4] and true states [N, 14], without generating text."""
     model.eval()
     loader = study_loader(studies, model.config, model.tokenizer, dataset=dataset, batch_size=batch_size)
-    device = model.diagnosis.query.device
     logits, states = [], []
     for batch in loader:
-        logits.append(model.diagnosis_logits(batch["images"].to(device)).cpu())
+        logits.append(model.diagnose(model.encode(batch["images"].to(model.device))).logits.cpu())
         states.append(batch["states"])
     return torch.cat(logits), torch.cat(states)
 
@@ -107,7 +107,7 @@ def _mask_size(study: Study) -> tuple[int, int] | None:
 
 @torch.no_grad()
 def generate_for(
-    model: REVTAF,
+    reporter: ReportPipeline,
     studies: Sequence[Study],
     *,
     dataset: str = "iu_xray",
@@ -116,20 +116,19 @@ def generate_for(
     **generate_options,
 ) -> tuple[list[str], list, list[str]]:
     """Normalised reference texts, Reports and study ids, batch by batch."""
-    model.eval()
+    model = reporter.model.eval()
     loader = study_loader(studies, model.config, model.tokenizer, dataset=dataset, batch_size=batch_size)
     references, reports = [], []
-    device = model.diagnosis.query.device
     for start, batch in zip(range(0, len(studies), batch_size), tqdm(loader, desc="generating", disable=not progress)):
         chunk = studies[start : start + batch_size]
         sizes = [_mask_size(s) or tuple(batch["images"].shape[-2:]) for s in chunk]
-        reports += model.generate(batch["images"].to(device), image_sizes=sizes, **generate_options)
+        reports += reporter.generate(batch["images"].to(model.device), image_sizes=sizes, **generate_options)
         references += batch["reports"]
     return references, reports, [s.study_id for s in studies]
 
 
 def evaluate(
-    model: REVTAF,
+    reporter: ReportPipeline,
     studies: Sequence[Study],
     *,
     dataset: str = "iu_xray",
@@ -140,7 +139,7 @@ def evaluate(
 ) -> dict:
     """All metrics for ``studies``; ``samples`` generated/reference pairs are kept for reading."""
     references, reports, ids = generate_for(
-        model, studies, dataset=dataset, batch_size=batch_size, progress=progress, **generate_options
+        reporter, studies, dataset=dataset, batch_size=batch_size, progress=progress, **generate_options
     )
     # The drafts are prose; the field's metrics compare R2Gen-normalised text, as the references are.
     hypotheses = [normalize_report(r.text, dataset) for r in reports]

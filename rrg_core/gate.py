@@ -2,7 +2,7 @@
 were trained on? And, for every retrieved reference, how close is it compared with the matches
 of typical studies?
 
-Two verdicts, both from what :meth:`REVTAF.generate` computes anyway (cheap image statistics of
+Two verdicts, both from what :meth:`ReportPipeline.generate` computes anyway (cheap image statistics of
 the model's input, the pooled visual features and the entity scores):
 
 - **Not a chest radiograph** (refused: the draft is meaningless and should not be shown): a
@@ -42,7 +42,8 @@ from .observations import OBSERVATIONS, State
 from .outputs import InputCheck, Report
 
 if TYPE_CHECKING:
-    from .model import REVTAF, _Encoded
+    from .calibration import Calibration
+    from .model import REVTAF, Encoding
 
 GATE_JSON = "gate.json"
 GATE_TENSORS = "gate.safetensors"
@@ -83,7 +84,7 @@ def image_statistics(pixels: Tensor) -> Tensor:
     ], dim=1)
 
 
-def gate_features(model: "REVTAF", images: Tensor, encoded: "_Encoded") -> tuple[Tensor, Tensor]:
+def gate_features(model: "REVTAF", images: Tensor, encoded: "Encoding") -> tuple[Tensor, Tensor]:
     """(statistics of the frontal view [B, S], all features [B, F]) of a batch the model encoded."""
     c = model.config
     frontal = (images[:, 0, 0].float() * c.image_std + c.image_mean).clamp(0, 1)
@@ -107,11 +108,10 @@ class Observation:
 @torch.no_grad()
 def observe(model: "REVTAF", images: Tensor) -> Observation:
     """Run the image side, retrieval and diagnosis (no decoder) on a batch [B, V, 1, H, W]."""
-    encoded = model._encode(images)
-    logits, distances, _ = model._diagnose(encoded)
-    probabilities, _ = model.diagnosis.decide(logits, model.config.decision_adjustment)
-    stats, features = gate_features(model, images, encoded)
-    return Observation(stats, features, distances.cpu(), probabilities[..., State.POSITIVE].cpu())
+    encoding = model.encode(images)
+    diagnosis = model.diagnose(encoding)
+    stats, features = gate_features(model, images, encoding)
+    return Observation(stats, features, diagnosis.distances.cpu(), diagnosis.probabilities[..., State.POSITIVE].cpu())
 
 
 @dataclass
@@ -267,20 +267,22 @@ def _logistic(gate: Gate, positive: Tensor, negative: Tensor, l2: float = 1e-2) 
     return torch.tensor(theta[:s], dtype=torch.float32), float(theta[s])
 
 
-def annotate(model: "REVTAF", reports: Sequence[Report], images: Tensor, encoded: "_Encoded") -> None:
-    """Add the gate's verdict, reference percentiles and calibrated P(positive) to freshly
-    generated reports (the hook in :meth:`REVTAF.generate`; nothing is recomputed)."""
-    if model.calibration is not None:
+def annotate(
+    reports: Sequence[Report], gate: Gate | None, calibration: Calibration | None, stats: Tensor | None,
+    features: Tensor | None,
+) -> None:
+    """Add the gate's verdict (from :func:`gate_features`, which the caller computes only when
+    there is a gate), reference percentiles and calibrated P(positive) to fresh reports."""
+    if calibration is not None:
         for report in reports:
-            report.calibrated = {o: model.calibration.calibrate(o, report.probabilities[o][State.POSITIVE])
+            report.calibrated = {o: calibration.calibrate(o, report.probabilities[o][State.POSITIVE])
                                  for o in OBSERVATIONS}
-    if model.gate is None:
+    if gate is None:
         return
-    stats, features = gate_features(model, images, encoded)
-    for report, check in zip(reports, model.gate.check(stats, features)):
+    for report, check in zip(reports, gate.check(stats, features)):
         report.input_check = check
         for reference in report.references:
-            reference.closer_than = model.gate.closer_than(reference.distance)
+            reference.closer_than = gate.closer_than(reference.distance)
 
 
 def refuse_colour(reports: Sequence[Report], colours: Sequence[float]) -> None:

@@ -33,9 +33,9 @@ def grounding_loss(maps: Tensor, masks: Tensor, states: Tensor, grid: tuple[int,
     """Mean over (study, finding) pairs with the finding present (positive or uncertain) and
     masked of -log(the map's mass on the mask).
 
-    maps [B, K, V * h * w]: the region MPSA maps, each summing to 1, the frontal view's tokens
-    first and the finding prompts first (in OBSERVATIONS order); masks [B, F, H, W] the frontal
-    view's finding masks at input resolution; states [B, 14]."""
+    maps [B, K, h * w]: the frontal view's part of the region MPSA maps (each whole map sums to
+    1), the finding prompts first (in OBSERVATIONS order); masks [B, F, H, W] the frontal view's
+    finding masks at input resolution; states [B, 14]."""
     n = masks.shape[1]
     cover = token_coverage(masks.to(maps.dtype), grid)
     peak = cover.amax(-1)
@@ -44,5 +44,5 @@ def grounding_loss(maps: Tensor, masks: Tensor, states: Tensor, grid: tuple[int,
     if not present.any():
         return maps.sum() * 0.0
     weight = cover / peak.clamp_min(1e-8)[..., None]
-    mass = (maps[:, :n, : grid[0] * grid[1]] * weight).sum(-1)
+    mass = (maps[:, :n] * weight).sum(-1)
     return -mass[present].clamp_min(1e-6).log().mean()

@@ -8,7 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights" / "synthcxr"  # embedded, offline
+# Weights shipped with the package, by name: ``load_model("iu-xray-small")``. In a source checkout
+# they are the repository's assets/weights; an installed package carries them as package data.
+WEIGHTS_ROOTS = (Path(__file__).resolve().parents[1] / "assets" / "weights",)
+NAMED_WEIGHTS = ("synthcxr", "iu-xray-small")
+DEFAULT_NAME = "synthcxr"  # embedded, offline
 
 # Everything save_pretrained writes, and nothing executable or pickled.
 WEIGHT_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.md"]
@@ -26,8 +30,28 @@ def parse_weights_spec(spec: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def resolve_weights(spec: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None) -> Path:
-    """A local folder as is, or a Hub repo downloaded into the local cache (HF_HUB_OFFLINE honoured)."""
+def named_weights(name: str) -> Path:
+    """The folder of weights shipped with the package under ``name`` (see NAMED_WEIGHTS)."""
+    for root in WEIGHTS_ROOTS:
+        if (root / name / "config.json").is_file():
+            return root / name
+    raise WeightsUnavailable(f"the named weights {name!r} are not installed with this package "
+                             f"(looked in {', '.join(str(r) for r in WEIGHTS_ROOTS)})")
+
+
+def resolve_weights(
+    spec: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> Path:
+    """Where a weights folder is: a name from NAMED_WEIGHTS (None: the default), a local folder as
+    is, or ``ORG/REPO[@REVISION]`` downloaded into the local cache (HF_HUB_OFFLINE honoured)."""
+    spec = DEFAULT_NAME if spec is None else spec
+    if str(spec) in NAMED_WEIGHTS and not Path(spec).is_dir():
+        return named_weights(str(spec))
     path = Path(spec)
     if path.is_dir():
         return path
@@ -41,7 +65,8 @@ def resolve_weights(spec: str | os.PathLike, *, revision: str | None = None, cac
     where = f"{repo_id}@{revision}" if revision else repo_id
     try:
         folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=WEIGHT_FILE_PATTERNS, cache_dir=cache_dir, repo_type="model"
+            repo_id, revision=revision, allow_patterns=WEIGHT_FILE_PATTERNS, cache_dir=cache_dir, repo_type="model",
+            token=token, force_download=force_download,
         )
     except RevisionNotFoundError as err:
         raise WeightsUnavailable(f"the Hub repo {repo_id} has no revision {revision!r}") from err

@@ -17,11 +17,10 @@ def build_index(model: REVTAF, batches: Iterable[dict], *, keep_texts: bool = Tr
     whose reports may not be redistributed (the app can attach them at run time)."""
     was_training = model.training
     model.eval()
-    device = model.diagnosis.query.device
     embeddings, sentences, masks, states, ids, texts = [], [], [], [], [], []
     try:
         for batch in batches:
-            e, s, m = model.reference_entries(batch["images"].to(device), batch["reports"])
+            e, s, m = model.reference_entries(batch["images"].to(model.device), batch["reports"])
             embeddings.append(e)
             sentences.append(s.half())
             masks.append(m)
@@ -40,5 +39,5 @@ def build_index(model: REVTAF, batches: Iterable[dict], *, keep_texts: bool = Tr
         study_ids=ids,
         texts=texts if keep_texts else None,
         curvature=float(model.lre.ball.c) if model.lre is not None else model.config.curvature,
-        metric=model.retrieval_metric,
+        metric=model.config.search_metric,
     )

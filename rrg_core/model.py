@@ -1,63 +1,111 @@
-"""REVTAF: the whole model, one class.
+"""REVTAF: the whole model, one tensor-level ``nn.Module``.
 
-    image(s) -> VisualEncoder -> patch tokens, pooled vector
+    image(s) -> VisualEncoder -> patch tokens, pooled vector                          encode()
     region/entity prompts -> TextEncoder -> FVTAF.align_regions (MPSA) -> entity scores
-    entity scores -> LRE (Poincare ball) -> retrieve top-k references from the ReferenceIndex
-    pooled + top-k references -> DiagnosisHead -> 14 x 4 states -> prompt tokens
-    top-1 reference's sentences -> FVTAF.align_global (MPSA) -> fused memory (both branches)
-    prompt tokens + memory -> ReportDecoder (BERT) -> report
+    entity scores -> LRE (Poincare ball) -> retrieve top-k from the ReferenceIndex    retrieve()
+    pooled + top-k references -> DiagnosisHead -> 14 x 4 state logits                 diagnose()
+    top-1 reference's sentences -> FVTAF.align_global (MPSA) -> fused memory          decode()
+    state prompt tokens + memory -> ReportDecoder (BERT) -> candidate reports
 
-Loss = LM + 4 cls + beta align + alpha rank + entity (+ grounding on data with masks; each
-term also returned on its own).
-Switches: ``use_lre`` (off: retrieval by cosine on the pooled image vector, no ranking loss),
-``use_fvtaf`` (off: the decoder reads the plain patch tokens), ``use_mpsa`` (off: softmax
-cross-attention). All off is the PromptMRG-like baseline.
+Tensors in, tensors (and the decoder's candidate texts) out: turning X-rays into inputs and
+outputs into a :class:`~rrg_core.outputs.Report` is :class:`rrg_core.pipeline.ReportPipeline`'s job.
+
+Loss (``forward``) = LM + 4 cls + beta align + alpha rank + entity (+ grounding on data with
+masks; each term also returned on its own). Switches: ``use_lre`` (off: retrieval by cosine on
+the pooled image vector, no ranking loss), ``use_fvtaf`` (off: the decoder reads the plain patch
+tokens), ``use_mpsa`` (off: softmax cross-attention). All off is the PromptMRG-like baseline.
+
+Persistence follows huggingface_hub's ``PyTorchModelHubMixin``: ``save_pretrained`` /
+``from_pretrained`` / ``push_to_hub`` over a folder holding ``config.json``, ``model.safetensors``,
+the tokenizer files and the reference index.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from functools import partial
-from typing import Mapping, Sequence
-
-import numpy as np
+from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from . import checkpoint
 from .config import REVTAFConfig
-from .decisions import DecisionRule, apply_overrides, coherent, parse_overrides, rule_text
 from .decoder import ReportDecoder
 from .diagnosis import DiagnosisHead
-from .faithful import make_consistent
 from .fvtaf import FVTAF, consistency_loss
-from .gate import annotate, refuse_colour
 from .grounding import grounding_loss
+from .hub import resolve_weights
 from .lre import EntityScores, LearnableRetrievalEnhancer, entity_loss
 from .mpsa import MPSAOutput
-from .observations import OBSERVATIONS, STATE_NAMES
-from .prompts import N_FINDING_PROMPTS
-from .outputs import AttentionMap, Reference, Report, right_share
-from .preprocessing import prepare_image, upsample_maps
 from .reference_index import ReferenceIndex
-from .report_text import split_sentences, to_prose
+from .report_text import split_sentences
 from .text_encoder import TextEncoder
-from .visual_encoder import VisualEncoder, VisualFeatures, coarsen
+from .tokenizer import load_tokenizer
+from .visual_encoder import VisualEncoder, VisualFeatures
+
+CONFIG_NAME = "config.json"
+# The card a plain save_pretrained writes when the folder has none; a release writes the full one
+# (train.model_card: data, metrics, limitations).
+MODEL_CARD = """---
+{{ card_data }}
+---
+
+# REVTAF weights
+
+Saved with rrg-core, an implementation of REVTAF ("Learnable Retrieval Enhanced Visual-Text
+Alignment and Fusion for Radiology Report Generation", ICCV 2025). This card has no measured
+results: a release (`python -m train.release`) writes them.
+
+    import rrg_core
+    reporter = rrg_core.load_pipeline("PATH_OR_ORG/REPO")
+    report = reporter([rrg_core.read_xray("chest.dcm")])[0]
+"""
 
 
 @dataclass
-class _Encoded:
-    """Everything the image side computes before the decoder."""
+class Encoding:
+    """Everything the image side computes before retrieval and the decoder."""
 
     visual: VisualFeatures
-    prompts: Tensor | None  # [B, K, D] region/entity prompt embeddings
-    region: MPSAOutput | None
+    prompts: Tensor | None  # [B, K, D] region/entity prompt embeddings (None without LRE and FVTAF)
+    region: MPSAOutput | None  # the prompts' MPSA over the patch tokens; maps [B, K, V * h * w]
     entity_logits: Tensor | None  # [B, K]
-    query: Tensor | None  # [B, H] retrieval embedding
+    query: Tensor | None  # [B, H] retrieval embedding (None when not asked for)
 
 
-class REVTAF(nn.Module):
+@dataclass
+class Diagnosis:
+    """The diagnosis branch's output for a batch, with the references it read."""
+
+    logits: Tensor  # [B, 14, 4] raw state logits
+    probabilities: Tensor  # [B, 14, 4] after the prior adjustment (DiagnosisHead.decide)
+    states: Tensor  # [B, 14] the argmax state of ``probabilities``
+    distances: Tensor  # [B, k] to the retrieved references, ascending
+    indices: Tensor  # [B, k] their rows in the reference index
+
+
+@dataclass
+class Decoding:
+    """What the decoder read and wrote for a batch."""
+
+    memory: Tensor  # [B, N, D] cross-attention memory
+    global_: MPSAOutput | None  # the top-1 reference's sentences over the patch tokens (FVTAF on)
+    states: Tensor  # [B, 14] the states the decoder was prompted with
+    candidates: list[list[str]]  # per study, every finished beam's text, best first
+
+
+class REVTAF(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="rrg-core",
+    pipeline_tag="image-to-text",
+    tags=["radiology-report-generation", "chest-x-ray", "revtaf"],
+    model_card_template=MODEL_CARD,
+):
     def __init__(
         self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase, index: ReferenceIndex | None = None
     ) -> None:
@@ -78,61 +126,81 @@ class REVTAF(nn.Module):
         self.diagnosis = DiagnosisHead(config)
         self.decoder = ReportDecoder(config, tokenizer)
         self.index = index
-        # Per-observation thresholds tuned at release (decision.json beside the weights); None:
-        # the argmax rule of DiagnosisHead.decide.
-        self.decision: DecisionRule | None = None
-        self.gate = None  # rrg_core.gate.Gate and rrg_core.calibration.Calibration, loaded from sidecar files
-        self.calibration = None
+        self._prompt_cache: tuple[int, Tensor] | None = None
 
-    # ------------------------------------------------------------------ shared image side
     @property
-    def retrieval_metric(self) -> str:
-        return self.config.search_metric
+    def device(self) -> torch.device:
+        return self.diagnosis.query.device
 
-    def _encode(self, images: Tensor, *, retrieval: bool = True) -> _Encoded:
-        """``retrieval=False`` skips the retrieval embedding (``query`` is then None)."""
+    @property
+    def fuses(self) -> bool:
+        """Whether the decoder reads FVTAF's fused tokens (else the plain patch tokens)."""
+        return self.fvtaf is not None and self.fvtaf.fuses
+
+    # ------------------------------------------------------------------ the image side
+    def encode(self, images: Tensor, *, retrieval: bool = True) -> Encoding:
+        """images [B, V, 1, H, W], normalised (:func:`rrg_core.preprocessing.prepare_study`). ``retrieval=False``
+        skips the retrieval embedding (``query`` is then None)."""
         visual = self.visual(images)
         prompts = region = entity_logits = None
         if self.fvtaf is not None:
-            prompts = self.text(self.config.prompts)
-            if self.prompt_offsets is not None:
-                prompts = prompts + self.prompt_offsets
-            prompts = prompts.unsqueeze(0).expand(images.shape[0], -1, -1)
+            prompts = self.prompt_embeddings().unsqueeze(0).expand(images.shape[0], -1, -1)
             region = self.fvtaf.align_regions(visual.tokens, prompts)
             entity_logits = self.entity_scores(region)
         query = None
         if retrieval:
             query = self.lre(entity_logits) if self.lre is not None else F.normalize(visual.pooled, dim=-1)
-        return _Encoded(visual, prompts, region, entity_logits, query)
+        return Encoding(visual, prompts, region, entity_logits, query)
 
-    def _retrieve(self, query: Tensor, exclude_ids: Sequence[str] | None) -> tuple[Tensor, Tensor]:
+    def prompt_embeddings(self) -> Tensor:
+        """[K, D] the region/entity prompts embedded (plus their learned offsets). They depend on
+        the weights only, so outside training they are computed once and kept until a weight of
+        the text side changes (every in-place update bumps a tensor's version counter)."""
+        parts = [*self.text.parameters(), *([self.prompt_offsets] if self.prompt_offsets is not None else [])]
+        version = sum(p._version for p in parts)
+        if not self.training and not torch.is_grad_enabled() and self._prompt_cache is not None:
+            if self._prompt_cache[0] == version:
+                return self._prompt_cache[1]
+        prompts = self.text(self.config.prompts)
+        if self.prompt_offsets is not None:
+            prompts = prompts + self.prompt_offsets
+        self._prompt_cache = (version, prompts.detach()) if not self.training and not torch.is_grad_enabled() else None
+        return prompts
+
+    def retrieve(self, query: Tensor, exclude_ids: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
+        """The top-k references of each query: (distances [B, k], indices [B, k]). ``exclude_ids``
+        (training) keeps each study from retrieving itself."""
         if self.index is None or len(self.index) == 0:
             raise RuntimeError("the model has no reference index: build one with train.build_index or rrg_core.build_index")
         k = min(self.config.top_k, len(self.index) - (1 if exclude_ids is not None else 0))
         if k < 1:
             raise RuntimeError("the reference index is too small to retrieve from")
-        return self.index.search(query.detach().float(), k, metric=self.retrieval_metric, exclude_ids=exclude_ids)
+        return self.index.search(query.detach().float(), k, metric=self.config.search_metric, exclude_ids=exclude_ids)
 
-    def _references(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        device = self.diagnosis.query.device
-        text = self.index.report_embeddings(indices.cpu()).to(device)
-        states = self.index.label_states[indices.cpu()].to(device).long()
-        return text, states
+    def diagnose(self, encoding: Encoding, exclude_ids: Sequence[str] | None = None) -> Diagnosis:
+        """Retrieve, then read the image and its top-k references' reports and labels."""
+        distances, indices = self.retrieve(encoding.query, exclude_ids)
+        text = self.index.report_embeddings(indices)
+        reference_states = self.index.label_states[indices.cpu()].to(self.device).long()
+        logits = self.diagnosis(encoding.visual.pooled, text, reference_states, encoding.entity_logits)
+        probabilities, states = self.diagnosis.decide(logits, self.config.decision_adjustment)
+        return Diagnosis(logits, probabilities, states, distances, indices)
 
-    def _global(self, encoded: _Encoded, top1: Tensor) -> tuple[MPSAOutput, Tensor, Tensor]:
-        sentences, mask = self.index.gather(top1.cpu())
-        sentences, mask = sentences.to(encoded.visual.tokens.device), mask.to(encoded.visual.tokens.device)
-        return self.fvtaf.align_global(encoded.visual.tokens, sentences, mask), sentences, mask
+    def read_references(self, encoding: Encoding, diagnosis: Diagnosis) -> tuple[Tensor, MPSAOutput | None]:
+        """The decoder's cross-attention memory and the global MPSA over the top-1 reference.
 
-    def _memory(self, encoded: _Encoded, global_: MPSAOutput | None) -> Tensor:
-        """The decoder's cross-attention memory: both fused token sets (FVTAF) or the plain patch
-        tokens. With the feature pyramid each set is averaged over 2 x 2 tokens, back to the
-        backbone's own stride: the fine grid is for the heatmaps, and the decoder attends to a
-        quarter of the tokens."""
-        parts = [encoded.visual.tokens] if global_ is None else [encoded.region.fused, global_.fused]
+        The memory is both fused token sets (FVTAF) or the plain patch tokens. With the feature
+        pyramid each set is averaged over 2 x 2 tokens, back to the backbone's own stride: the
+        fine grid is for the heatmaps, and the decoder attends to a quarter of the tokens."""
+        global_ = self._global(encoding, diagnosis.indices[:, 0])[0] if self.fuses else None
+        parts = [encoding.visual.tokens] if global_ is None else [encoding.region.fused, global_.fused]
         if self.config.feature_pyramid:
-            parts = [coarsen(p, encoded.visual.grid, encoded.visual.n_views) for p in parts]
-        return torch.cat(parts, dim=1)
+            parts = [encoding.visual.coarsen(p) for p in parts]
+        return torch.cat(parts, dim=1), global_
+
+    def _global(self, encoding: Encoding, top1: Tensor) -> tuple[MPSAOutput, Tensor, Tensor]:
+        sentences, mask = self.index.gather(top1)
+        return self.fvtaf.align_global(encoding.visual.tokens, sentences, mask), sentences, mask
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict, *, image_only: bool = False) -> dict[str, Tensor]:
@@ -149,31 +217,28 @@ class REVTAF(nn.Module):
         if image_only and self.entity_scores is None:
             raise ValueError("image_only needs the entity scores (use_lre or use_fvtaf)")
         states = batch["states"].long()
-        encoded = self._encode(batch["images"], retrieval=not image_only)
-        zero = encoded.visual.pooled.sum() * 0.0
+        encoding = self.encode(batch["images"], retrieval=not image_only)
+        zero = encoding.visual.pooled.sum() * 0.0
         losses = {"rank": zero, "entity": zero, "ground": zero, "align": zero, "cls": zero, "lm": zero}
         c = self.config
-        if encoded.entity_logits is not None:
-            losses["entity"] = entity_loss(encoded.entity_logits, states)
+        if encoding.entity_logits is not None:
+            losses["entity"] = entity_loss(encoding.entity_logits, states)
         if c.grounding_weight and "masks" in batch:
-            losses["ground"] = grounding_loss(encoded.region.maps, batch["masks"], states, encoded.visual.grid)
+            frontal = encoding.region.maps[..., encoding.visual.view(0)]
+            losses["ground"] = grounding_loss(frontal, batch["masks"], states, encoding.visual.grid)
         image_side = c.entity_weight * losses["entity"] + c.grounding_weight * losses["ground"]
         if image_only:
             losses["loss"] = image_side
             return losses
         if self.lre is not None:
-            losses["rank"] = self.lre.ranking_loss(encoded.query, states)
+            losses["rank"] = self.lre.ranking_loss(encoding.query, states)
 
-        _, indices = self._retrieve(encoded.query, batch.get("study_ids"))
-        reference_text, reference_states = self._references(indices)
-        logits = self.diagnosis(encoded.visual.pooled, reference_text, reference_states, encoded.entity_logits)
-        losses["cls"] = self.diagnosis.loss(logits, states)
-
-        global_ = None
-        if self.fvtaf is not None and self.fvtaf.fuses:
-            global_, sentences, mask = self._global(encoded, indices[:, 0])
-            losses["align"] = consistency_loss(encoded.region.maps, global_.maps, encoded.prompts, sentences, mask)
-        memory = self._memory(encoded, global_)
+        diagnosis = self.diagnose(encoding, batch.get("study_ids"))
+        losses["cls"] = self.diagnosis.loss(diagnosis.logits, states)
+        if self.fuses:
+            global_, sentences, mask = self._global(encoding, diagnosis.indices[:, 0])
+            losses["align"] = consistency_loss(encoding.region.maps, global_.maps, encoding.prompts, sentences, mask)
+        memory, _ = self.read_references(encoding, diagnosis)
         # Teacher forcing: the true states are the prompt during training (PromptMRG).
         losses["lm"] = self.decoder.loss(memory, states, batch["report_ids"], batch["report_mask"])
 
@@ -183,7 +248,50 @@ class REVTAF(nn.Module):
         )
         return losses
 
-    # ------------------------------------------------------------------ references
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def decode(
+        self,
+        encoding: Encoding,
+        diagnosis: Diagnosis,
+        states: Tensor | None = None,
+        *,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        min_new_tokens: int | None = None,
+        repetition_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
+    ) -> Decoding:
+        """Write the reports, prompted with ``states`` [B, 14] (default: the diagnosis's argmax);
+        every decoding option defaults to the config's."""
+        c = self.config
+        states = diagnosis.states if states is None else states.to(self.device)
+        memory, global_ = self.read_references(encoding, diagnosis)
+        candidates = self.decoder.generate(
+            memory,
+            states,
+            num_beams=num_beams or c.num_beams,
+            max_new_tokens=max_new_tokens or c.max_new_tokens,
+            min_new_tokens=c.min_new_tokens if min_new_tokens is None else min_new_tokens,
+            repetition_penalty=repetition_penalty or c.repetition_penalty,
+            no_repeat_ngram_size=c.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size,
+        )
+        return Decoding(memory, global_, states, candidates)
+
+    @torch.no_grad()
+    def generate(self, images: Tensor, states: Tensor | None = None, **options) -> tuple[Encoding, Diagnosis, Decoding]:
+        """encode -> diagnose -> decode in one call (``options``: see :meth:`decode`)."""
+        encoding = self.encode(images)
+        diagnosis = self.diagnose(encoding)
+        return encoding, diagnosis, self.decode(encoding, diagnosis, states, **options)
+
+    @torch.no_grad()
+    def sentence_scores(self, memory: Tensor, states: Tensor, sentences: list[str]) -> Tensor:
+        """The decoder's mean log-likelihood per token of each sentence as a report opening, for
+        one study (memory [1, N, D], states [1, 14])."""
+        return self.decoder.sentence_scores(memory, states, sentences)
+
+    # ------------------------------------------------------------------ the reference index
     def sentence_embeddings(self, reports: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Each report's sentences embedded by the text encoder: [N, S, D] and mask [N, S]."""
         limit = self.config.max_reference_sentences
@@ -203,197 +311,81 @@ class REVTAF(nn.Module):
     def reference_entries(self, images: Tensor, reports: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
         """What the index stores for a batch of training studies: retrieval embeddings [B, H],
         sentence embeddings [B, S, D] and their mask [B, S]."""
-        query = self._encode(images).query
+        query = self.encode(images).query
         sentences, mask = self.sentence_embeddings(reports)
         return query.float().cpu(), sentences.cpu(), mask.cpu()
 
-    # ------------------------------------------------------------------ inference
-    def _diagnose(self, encoded: _Encoded) -> tuple[Tensor, Tensor, Tensor]:
-        """Raw diagnosis logits [B, 14, 4] from the image and its top-k references (with their
-        distances and indices)."""
-        distances, indices = self._retrieve(encoded.query, None)
-        logits = self.diagnosis(encoded.visual.pooled, *self._references(indices), encoded.entity_logits)
-        return logits, distances, indices
-
-    @torch.no_grad()
-    def diagnosis_logits(self, images: Tensor) -> Tensor:
-        """Raw diagnosis logits [B, 14, 4], without generating text (for tuning decisions)."""
-        return self._diagnose(self._encode(images))[0]
-
-    @torch.no_grad()
-    def generate(
-        self,
-        images: Tensor,
+    # ------------------------------------------------------------------ persistence (PyTorchModelHubMixin)
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
         *,
-        image_sizes: Sequence[tuple[int, int] | Sequence[tuple[int, int]]] | None = None,
-        states: Sequence[Mapping[str, str | int] | None] | None = None,
-        consistent: bool = True,
-        num_beams: int | None = None,
-        max_new_tokens: int | None = None,
-        min_new_tokens: int | None = None,
-        repetition_penalty: float | None = None,
-        no_repeat_ngram_size: int | None = None,
-    ) -> list[Report]:
-        """images [B, V, 1, H, W] (normalised, see :meth:`prepare`). Maps are returned at
-        ``image_sizes``: per study one (H, W) for all views, or one per view (default: the
-        input tensor's size). ``states``: per study, the reader's overrides (observation ->
-        "positive" | "negative" | "uncertain" | "blank"), which the draft is written from.
-        ``consistent=False`` returns the decoder's best beam as it is (for measuring what
-        :mod:`rrg_core.faithful` changes); users always get the consistent draft."""
-        c = self.config
-        encoded = self._encode(images)
-        logits, distances, indices = self._diagnose(encoded)
-        probabilities, argmax_states = self.diagnosis.decide(logits, c.decision_adjustment)
-        predicted = self.decision.decide(probabilities.cpu().numpy()) if self.decision else argmax_states.cpu().numpy()
-        predicted = coherent(predicted)
-        overrides = [parse_overrides(o) for o in (states or [None] * len(images))]
-        if len(overrides) != len(images):
-            raise ValueError(f"states: one override mapping per study expected, got {len(overrides)} for {len(images)}")
-        final = np.stack([apply_overrides(p, o) for p, o in zip(predicted, overrides)])
-        state_tensor = torch.as_tensor(final, device=images.device)
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        force_download: bool = False,
+        texts_from: dict[str, str] | None = None,
+        load_index: bool = True,
+        device: str | torch.device = "cpu",
+    ) -> "REVTAF":
+        """Load a weights folder: a name (``"synthcxr"``, the default, or ``"iu-xray-small"``), a
+        local folder, or ``ORG/REPO[@REVISION]`` on the Hub (only the folder's own files are
+        fetched; nothing else is downloaded). ``texts_from`` attaches report texts (id -> text)
+        to an index shipped without them; ``load_index=False`` skips the folder's index.
 
-        global_ = None
-        if self.fvtaf is not None and self.fvtaf.fuses:
-            global_, _, _ = self._global(encoded, indices[:, 0])
-        memory = self._memory(encoded, global_)
-        candidates = self.decoder.generate(
-            memory,
-            state_tensor,
-            num_beams=num_beams or c.num_beams,
-            max_new_tokens=max_new_tokens or c.max_new_tokens,
-            min_new_tokens=c.min_new_tokens if min_new_tokens is None else min_new_tokens,
-            repetition_penalty=repetition_penalty or c.repetition_penalty,
-            no_repeat_ngram_size=c.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size,
-        )
-        sizes = list(image_sizes) if image_sizes is not None else [tuple(images.shape[-2:])] * len(candidates)
-        shown = self.calibration.calibrate if self.calibration is not None else None  # the table's P scale
-        reports = []
-        for b, beams in enumerate(candidates):
-            attention = self._attention_maps(encoded, global_, b, sizes[b])
-            shares = self._finding_sides(encoded, b)
-            if consistent:
-                choose = partial(self._likeliest, memory[b : b + 1], state_tensor[b : b + 1])
-                consistency = make_consistent(beams, final[b], shares, choose)
-            else:
-                consistency = None
-            reports.append(
-                Report(
-                    text=to_prose(consistency.text if consistency else beams[0]),
-                    probabilities={o: probabilities[b, i].tolist() for i, o in enumerate(OBSERVATIONS)},
-                    states=final[b].tolist(),
-                    references=self._reference_list(distances[b], indices[b]),
-                    attention=attention,
-                    overrides={o: STATE_NAMES[s] for o, s in overrides[b].items()},
-                    decision_rules={o: rule_text(o, self.decision, c.decision_adjustment, o in overrides[b], shown)
-                                    for o in OBSERVATIONS},
-                    consistency=consistency,
-                    map_right_shares=shares,
-                )
-            )
-        annotate(self, reports, images, encoded)
-        return reports
-
-    def _finding_sides(self, encoded: _Encoded, b: int) -> dict[str, float]:
-        """Each finding's frontal map's share on the patient's right, at the model's input size."""
-        if encoded.region is None:
-            return {}
-        grid, size = encoded.visual.grid, self.config.image_size
-        frontal = encoded.region.maps[b, :N_FINDING_PROMPTS, : grid[0] * grid[1]]
-        maps = upsample_maps(frontal, grid, (size, size), size)
-        return {OBSERVATIONS[k]: right_share(maps[k]) for k in range(N_FINDING_PROMPTS)}
-
-    def _likeliest(self, memory: Tensor, states: Tensor, sentences: list[str]) -> int:
-        """Index of the sentence the decoder finds most likely for this study."""
-        if len(sentences) == 1:
-            return 0
-        return int(self.decoder.sentence_scores(memory, states, sentences).argmax())
-
-    def _reference_list(self, distances: Tensor, indices: Tensor) -> list[Reference]:
-        texts = self.index.texts
-        return [
-            Reference(
-                study_id=self.index.study_ids[i],
-                distance=float(d),
-                label_states=self.index.label_states[i].tolist(),
-                text=texts[i] if texts is not None else None,
-                is_global_prompt=(rank == 0 and self.fvtaf is not None and self.fvtaf.fuses),
-            )
-            for rank, (d, i) in enumerate(zip(distances.tolist(), indices.tolist()))
-        ]
-
-    def _attention_maps(
-        self, encoded: _Encoded, global_: MPSAOutput | None, b: int, sizes: tuple | Sequence[tuple[int, int]]
-    ) -> list[AttentionMap]:
-        """Per view: one map per region/entity prompt and one for the global reference (the
-        mask-weighted mean over its sentences), upsampled to that view's image size."""
-        if encoded.region is None:
-            return []
-        grid, views = encoded.visual.grid, encoded.visual.n_views
-        if isinstance(sizes[0], int):
-            sizes = [sizes] * views
-        # The first prompts are the finding prompts, in OBSERVATIONS order (see rrg_core.prompts).
-        names = [OBSERVATIONS[k] if k < N_FINDING_PROMPTS else None for k in range(len(self.config.prompts))]
-        out = []
-        for v in range(views):
-            span = slice(v * grid[0] * grid[1], (v + 1) * grid[0] * grid[1])
-            size = tuple(sizes[min(v, len(sizes) - 1)])
-            region = upsample_maps(encoded.region.maps[b, :, span], grid, size, self.config.image_size)
-            out += [
-                AttentionMap(p, "region", region[k], view=v, observation=names[k])
-                for k, p in enumerate(self.config.prompts)
-            ]
-            if global_ is not None:
-                # Masked sentences have all-zero maps, so a plain sum is the mask-weighted sum.
-                merged = global_.maps[b, :, span].sum(0, keepdim=True)
-                merged = upsample_maps(merged, grid, size, self.config.image_size)[0]
-                out.append(AttentionMap("retrieved reference report", "global", merged, view=v))
-        return out
-
-    # ------------------------------------------------------------------ Hub-style persistence
-    def save_pretrained(self, directory, **kwargs) -> None:
-        from .pretrained import save_pretrained
-
-        save_pretrained(self, directory, **kwargs)
+        Everything is checked before a weight is copied (config, tokenizer, index, every tensor's
+        name and shape, finite values): a bad folder fails with one sentence."""
+        folder = resolve_weights(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir, token=token,
+                                 force_download=force_download)
+        for name in (CONFIG_NAME, checkpoint.WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise ValueError(f"{folder} is not a REVTAF model folder: {name} is missing")
+        return super().from_pretrained(folder, config=REVTAFConfig.load(folder / CONFIG_NAME), texts_from=texts_from,
+                                       load_index=load_index, device=device)
 
     @classmethod
-    def from_pretrained(cls, weights=None, **kwargs) -> "REVTAF":
-        from .pretrained import from_pretrained
+    def _from_pretrained(
+        cls, *, model_id: str, config: REVTAFConfig, texts_from: dict[str, str] | None, load_index: bool,
+        device: str | torch.device, **_: object,
+    ) -> "REVTAF":
+        folder = Path(model_id)
+        try:
+            tokenizer = load_tokenizer(folder)
+        except Exception as err:  # tokenizers raise many types for a broken tokenizer.json
+            raise ValueError(f"cannot load the tokenizer in {folder}: {err}") from err
+        if config.vocab_size and len(tokenizer) != config.vocab_size:
+            raise ValueError(f"the tokenizer in {folder} has {len(tokenizer)} tokens, config.json says {config.vocab_size}")
+        path = folder / checkpoint.WEIGHTS_NAME
+        try:
+            with torch.device("meta"):
+                expected = {k: tuple(t.shape) for k, t in cls(config, tokenizer).state_dict().items()}
+        except (RuntimeError, ValueError, TypeError, AssertionError) as err:
+            raise ValueError(f"config.json describes a model that cannot be built ({err})") from err
+        checkpoint.check_shapes(path, checkpoint.stored_shapes(path), expected)
+        tensors = checkpoint.read_tensors(path)
+        has_index = load_index and (folder / "reference_index.json").is_file()
+        index = ReferenceIndex.load(folder, texts_from=texts_from) if has_index else None
+        model = cls(config, tokenizer, index)
+        checkpoint.check_complete(path, model, tensors)
+        model.load_state_dict(tensors, strict=False)
+        model.decoder.bert.tie_weights()
+        return model.to(device).eval()
 
-        return from_pretrained(weights, **kwargs)
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """config.json (with the tokenizer's size), the weights in their dtype (``model.half()``
+        first halves the file; loading always restores float32), the tokenizer and the index."""
+        config = REVTAFConfig.from_dict({**self.config.to_dict(), "vocab_size": len(self.tokenizer)})
+        config.save(save_directory / CONFIG_NAME)
+        from safetensors.torch import save_file
 
-    def push_to_hub(self, repo_id: str, **kwargs) -> str:
-        from .pretrained import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
-
-    # ------------------------------------------------------------------ convenience
-    def prepare(self, views: Sequence[object]) -> Tensor:
-        """One study's views (XRay objects or float H x W arrays) -> [V, 1, S, S]. A one-view
-        study given to a two-view model repeats its view (the model then reads it twice)."""
-        arrays = [getattr(v, "pixels", v) for v in views]
-        if not 1 <= len(arrays) <= 2:
-            raise ValueError(f"a study has 1 or 2 views, got {len(arrays)}")
-        if len(arrays) < self.config.n_views:
-            arrays = arrays * self.config.n_views
-        c = self.config
-        return torch.stack([prepare_image(a, c.image_size, c.image_mean, c.image_std) for a in arrays[: c.n_views]])
-
-    @torch.no_grad()
-    def generate_from_xrays(
-        self, studies: Sequence[object | Sequence[object]], *, max_map_side: int | None = None, **options
-    ) -> list[Report]:
-        """Generate for studies given as XRay objects / arrays (one per study, or a list of views).
-        Heatmaps come at each view's resolution, or, with ``max_map_side``, scaled down to at most
-        that many pixels on the long side (a full-size radiograph's 35 maps take about a GB)."""
-        studies = [s if isinstance(s, (list, tuple)) else [s] for s in studies]
-        images = torch.stack([self.prepare(views) for views in studies]).to(self.diagnosis.query.device)
-        sizes = [[_capped_size(getattr(v, "pixels", v).shape, max_map_side) for v in views] for views in studies]
-        reports = self.generate(images, image_sizes=sizes, **options)
-        refuse_colour(reports, [max(getattr(v, "colour", 0.0) for v in views) for views in studies])
-        return reports
+        save_file(checkpoint.unique_tensors(self), str(save_directory / checkpoint.WEIGHTS_NAME))
+        self.tokenizer.save_pretrained(save_directory)
+        if self.index is not None:
+            self.index.save(save_directory)
 
 
-def _capped_size(shape: tuple[int, int], max_side: int | None) -> tuple[int, int]:
-    """An image's (H, W), scaled down to ``max_side`` on its long side (aspect kept), if given."""
-    scale = 1.0 if max_side is None else min(1.0, max_side / max(shape))
-    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+def load_model(weights: str | os.PathLike | None = None, **kwargs) -> REVTAF:
+    """One call to a ready tensor-level model: a named one (default ``"synthcxr"``), a local
+    folder or a Hub repo. For reports from X-rays use :func:`rrg_core.pipeline.load_pipeline`."""
+    return REVTAF.from_pretrained(weights, **kwargs)

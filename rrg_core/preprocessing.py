@@ -1,10 +1,15 @@
 """From an X-ray's pixels to the model's input tensor, and from token-grid maps back to the image."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .config import REVTAFConfig
 
 
 def prepare_image(pixels: np.ndarray, size: int, mean: float = 0.5, std: float = 0.25) -> Tensor:
@@ -17,6 +22,18 @@ def prepare_image(pixels: np.ndarray, size: int, mean: float = 0.5, std: float =
     image = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
     image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return ((image[0] - mean) / std).float()
+
+
+def prepare_study(views: Sequence[object], config: "REVTAFConfig") -> Tensor:
+    """One study's views (XRay objects or float H x W arrays) -> [V, 1, S, S], frontal first. A
+    one-view study given to a two-view model repeats its view (the model then reads it twice)."""
+    arrays = [getattr(v, "pixels", v) for v in views]
+    if not 1 <= len(arrays) <= 2:
+        raise ValueError(f"a study has 1 or 2 views, got {len(arrays)}")
+    if len(arrays) < config.n_views:
+        arrays = arrays * config.n_views
+    c = config
+    return torch.stack([prepare_image(a, c.image_size, c.image_mean, c.image_std) for a in arrays[: c.n_views]])
 
 
 # Heatmaps are upsampled to at most this many pixels on the long side: a full-size radiograph's 35

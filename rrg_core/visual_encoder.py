@@ -19,10 +19,26 @@ from .config import REVTAFConfig
 
 @dataclass
 class VisualFeatures:
-    tokens: Tensor  # [B, V * h * w, d_model], views concatenated along the token axis
+    """The image side's output. The token axis holds the views one after the other, frontal
+    first, each as its h x w grid row by row: the one place that layout is spelled out is
+    :meth:`view` and :meth:`coarsen` (MPSA maps over tokens share it)."""
+
+    tokens: Tensor  # [B, V * h * w, d_model]
     pooled: Tensor  # [B, d_model], mean over views of each view's mean token
     grid: tuple[int, int]  # (h, w) of one view's token grid
     n_views: int
+
+    def view(self, v: int) -> slice:
+        """The token-axis positions of view ``v`` (0: frontal), for tokens or maps over them."""
+        n = self.grid[0] * self.grid[1]
+        return slice(v * n, (v + 1) * n)
+
+    def coarsen(self, tokens: Tensor) -> Tensor:
+        """[B, V * h * w, D] -> [B, V * ceil(h/2) * ceil(w/2), D], each view's grid averaged over 2 x 2."""
+        b, _, d = tokens.shape
+        maps = tokens.reshape(b * self.n_views, self.grid[0], self.grid[1], d).permute(0, 3, 1, 2)
+        pooled = F.avg_pool2d(maps, 2, ceil_mode=True)
+        return pooled.flatten(2).transpose(1, 2).reshape(b, -1, d)
 
 
 class VisualEncoder(nn.Module):
@@ -102,10 +118,3 @@ def upsample_on_lattice(deep: Tensor, size: tuple[int, int]) -> Tensor:
     doubled = F.interpolate(padded, size=(2 * h + 1, 2 * w + 1), mode="bilinear", align_corners=True)
     return doubled[..., : size[0], : size[1]]
 
-
-def coarsen(tokens: Tensor, grid: tuple[int, int], n_views: int) -> Tensor:
-    """[B, V * h * w, D] tokens -> [B, V * ceil(h/2) * ceil(w/2), D], each view's grid averaged over 2 x 2."""
-    b, _, d = tokens.shape
-    maps = tokens.reshape(b * n_views, grid[0], grid[1], d).permute(0, 3, 1, 2)
-    pooled = F.avg_pool2d(maps, 2, ceil_mode=True)
-    return pooled.flatten(2).transpose(1, 2).reshape(b, -1, d)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,6 +11,7 @@ from model_fixtures import tiny_batch, tiny_model
 
 from rrg_core.config import REVTAFConfig
 from rrg_core.model import REVTAF
+from rrg_core.pipeline import ReportPipeline
 from rrg_core.observations import OBSERVATIONS
 
 LOSS_TERMS = ("loss", "lm", "cls", "align", "rank", "entity")
@@ -56,8 +58,8 @@ def test_generate_is_deterministic_and_carries_the_evidence():
     model, batch = tiny_model()
     model.eval()
     images = batch["images"][:2]
-    first = model.generate(images, image_sizes=[(80, 96), (64, 64)])
-    second = model.generate(images, image_sizes=[(80, 96), (64, 64)])
+    first = ReportPipeline(model).generate(images, image_sizes=[(80, 96), (64, 64)])
+    second = ReportPipeline(model).generate(images, image_sizes=[(80, 96), (64, 64)])
     assert [r.text for r in first] == [r.text for r in second]
     report = first[0]
     assert set(report.probabilities) == set(OBSERVATIONS)
@@ -79,13 +81,13 @@ def test_retrieval_matches_brute_force_arcosh():
     model, batch = tiny_model()
     model.eval()
     with torch.no_grad():
-        query = model._encode(batch["images"]).query.double()
+        query = model.encode(batch["images"]).query.double()
     index = model.index.embeddings.double()
     c = model.lre.ball.c.item()
     sq = ((query[:, None] - index[None]) ** 2).sum(-1)
     denom = (1 - c * (query**2).sum(-1))[:, None] * (1 - c * (index**2).sum(-1))[None]
     brute = torch.arccosh(1 + 2 * c * sq / denom) / math.sqrt(c)
-    distances, indices = model._retrieve(query.float(), None)
+    distances, indices = model.retrieve(query.float())
     expected = brute.argsort(dim=1)[:, : model.config.top_k]
     assert torch.equal(indices, expected)
     assert torch.allclose(distances.double(), brute.gather(1, expected), atol=1e-3)
@@ -93,7 +95,7 @@ def test_retrieval_matches_brute_force_arcosh():
 
 def test_own_study_is_excluded_during_training():
     model, batch = tiny_model()
-    _, indices = model._retrieve(model._encode(batch["images"]).query, batch["study_ids"])
+    _, indices = model.retrieve(model.encode(batch["images"]).query, batch["study_ids"])
     for row, sid in zip(indices.tolist(), batch["study_ids"]):
         assert sid not in [model.index.study_ids[i] for i in row]
 
@@ -103,8 +105,8 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     model.eval()
     model.save_pretrained(tmp_path)
     loaded = REVTAF.from_pretrained(tmp_path)
-    a = model.generate(batch["images"][:2])
-    b = loaded.generate(batch["images"][:2])
+    a = ReportPipeline(model).generate(batch["images"][:2])
+    b = ReportPipeline(loaded).generate(batch["images"][:2])
     assert [r.text for r in a] == [r.text for r in b]
     assert all(np.allclose(x.probabilities[o], y.probabilities[o]) for x, y in zip(a, b) for o in OBSERVATIONS)
     for name, tensor in model.state_dict().items():
@@ -115,12 +117,13 @@ def test_half_precision_folder_loads_into_float32_and_nearly_the_same_model(tmp_
     model, batch = tiny_model()
     model.eval()
     model.save_pretrained(tmp_path / "fp32")
-    model.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    model.half().save_pretrained(tmp_path / "fp16")
+    model = REVTAF.from_pretrained(tmp_path / "fp32")
     size = lambda d: (tmp_path / d / "model.safetensors").stat().st_size  # noqa: E731
     assert size("fp16") < 0.6 * size("fp32")
     loaded = REVTAF.from_pretrained(tmp_path / "fp16")
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
-    a, b = model.generate(batch["images"][:2]), loaded.generate(batch["images"][:2])
+    a, b = (ReportPipeline(m).generate(batch["images"][:2]) for m in (model, loaded))
     for x, y in zip(a, b):
         assert np.allclose(x.probabilities["Cardiomegaly"], y.probabilities["Cardiomegaly"], atol=1e-2)
 
@@ -147,7 +150,7 @@ def test_incompatible_or_corrupt_folders_fail_clearly(tmp_path):
 
 def test_switching_lre_off_retrieves_by_pooled_cosine():
     model, batch = tiny_model(use_lre=False)
-    assert model.lre is None and model.retrieval_metric == "cosine"
+    assert model.lre is None and model.config.search_metric == "cosine"
     losses = model(batch)
     assert losses["rank"] == 0 and losses["align"] > 0
     assert model.index.metric == "cosine"
@@ -158,7 +161,7 @@ def test_switching_fvtaf_off_feeds_plain_patch_tokens():
     assert model.fvtaf is not None and not model.fvtaf.fuses
     losses = model(batch)
     assert losses["align"] == 0 and losses["rank"] > 0
-    reports = model.eval().generate(batch["images"][:1])
+    reports = ReportPipeline(model.eval()).generate(batch["images"][:1])
     assert {m.kind for m in reports[0].attention} == {"region"}
     assert not reports[0].references[0].is_global_prompt
 
@@ -176,18 +179,19 @@ def test_all_switches_off_is_the_baseline():
     assert model.fvtaf is None and model.lre is None and model.entity_scores is None
     losses = model(batch)
     assert losses["rank"] == 0 and losses["align"] == 0 and losses["entity"] == 0
-    assert model.eval().generate(batch["images"][:1])[0].attention == []
+    assert ReportPipeline(model.eval()).generate(batch["images"][:1])[0].attention == []
 
 
 def test_two_view_model_accepts_a_single_view_study():
     model, _ = tiny_model(n_views=2)
     model.eval()
     pixels = np.random.default_rng(0).random((100, 90), dtype=np.float32)
-    report = model.generate_from_xrays([pixels])[0]
+    reporter = ReportPipeline(model)
+    report = reporter([pixels])[0]
     assert {m.view for m in report.attention} == {0, 1}
     assert report.attention[0].heatmap.shape == (100, 90)
     lateral = np.random.default_rng(1).random((70, 120), dtype=np.float32)
-    both = model.generate_from_xrays([[pixels, lateral]])[0]
+    both = reporter([[pixels, lateral]])[0]
     assert {m.heatmap.shape for m in both.attention if m.view == 0} == {(100, 90)}
     assert {m.heatmap.shape for m in both.attention if m.view == 1} == {(70, 120)}
     named = {m.prompt: m.observation for m in both.attention if m.kind == "region"}
@@ -205,14 +209,15 @@ def test_heatmaps_can_be_capped_in_size_keeping_the_aspect_and_the_attention():
     model, _ = tiny_model()
     model.eval()
     pixels = np.random.default_rng(0).random((300, 200), dtype=np.float32)
-    full = model.generate_from_xrays([pixels], num_beams=1, max_new_tokens=3)[0]
-    capped = model.generate_from_xrays([pixels], num_beams=1, max_new_tokens=3, max_map_side=60)[0]
+    reporter = ReportPipeline(model)
+    full = reporter([pixels], num_beams=1, max_new_tokens=3)[0]
+    capped = reporter([pixels], num_beams=1, max_new_tokens=3, max_map_side=60)[0]
     assert capped.text == full.text
     for big, small in zip(full.attention, capped.attention):
         assert big.heatmap.shape == (300, 200) and small.heatmap.shape == (60, 40)
         assert math.isclose(float(small.heatmap.sum()), 1.0, rel_tol=1e-4)
         assert np.abs(_centre_of_mass(big.heatmap) - _centre_of_mass(small.heatmap)).max() < 0.01  # same place
-    assert model.generate_from_xrays([pixels], num_beams=1, max_new_tokens=3, max_map_side=500)[0].attention[0].heatmap.shape == (300, 200)
+    assert reporter([pixels], num_beams=1, max_new_tokens=3, max_map_side=500)[0].attention[0].heatmap.shape == (300, 200)
 
 
 def test_presets_build_and_the_tiny_one_is_tiny():
@@ -317,7 +322,7 @@ def test_aligned_pyramid_upsampling_keeps_deep_tokens_on_even_fine_tokens():
 
 def test_similarity_pooling_is_a_soft_maximum_of_the_mpsa_cosine():
     model, batch = tiny_model()
-    region = model._encode(batch["images"]).region
+    region = model.encode(batch["images"]).region
     scores = model.entity_scores
     pooled = (scores(region) - scores.bias) / scores.scale
     t = model.config.sinkhorn_epsilon
@@ -329,7 +334,7 @@ def test_similarity_pooling_is_a_soft_maximum_of_the_mpsa_cosine():
 
 def test_alignment_pooling_still_reads_the_dot_product():
     model, batch = tiny_model(entity_pooling="alignment", prompt_offsets=False, diagnosis_evidence=False)
-    region = model._encode(batch["images"]).region
+    region = model.encode(batch["images"]).region
     expected = torch.logsumexp(region.alignment, -1) - math.log(region.alignment.shape[-1])
     torch.testing.assert_close(model.entity_scores(region), expected)  # scale 1, bias 0 at init
     assert model.prompt_offsets is None and model.diagnosis.evidence is None
@@ -338,7 +343,7 @@ def test_alignment_pooling_still_reads_the_dot_product():
 def test_ranking_loss_trains_the_hyperbolic_network_only():
     """As with REVTAF's frozen MedKLIP, retrieval ranking must not pull on the image encoder."""
     model, batch = tiny_model()
-    encoded = model._encode(batch["images"])
+    encoded = model.encode(batch["images"])
     model.lre.ranking_loss(encoded.query, batch["states"]).backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.visual.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.lre.parameters())
@@ -347,22 +352,37 @@ def test_ranking_loss_trains_the_hyperbolic_network_only():
 def test_diagnosis_reads_the_entity_scores():
     model, batch = tiny_model()
     model.eval()
-    encoded = model._encode(batch["images"])
-    _, indices = model._retrieve(encoded.query, None)
-    refs = model._references(indices)
-    logits = model.diagnosis(encoded.visual.pooled, *refs, encoded.entity_logits)
-    shifted = model.diagnosis(encoded.visual.pooled, *refs, encoded.entity_logits + torch.randn_like(encoded.entity_logits))
-    assert not torch.allclose(logits, shifted)
+    encoded = model.encode(batch["images"])
+    noisy = dataclasses.replace(encoded, entity_logits=encoded.entity_logits + torch.randn_like(encoded.entity_logits))
+    logits, shifted = model.diagnose(encoded), model.diagnose(noisy)
+    assert torch.equal(logits.indices, shifted.indices)  # the same references read
+    assert not torch.allclose(logits.logits, shifted.logits)
 
 
 def test_prompt_offsets_are_added_to_the_prompt_text_embeddings():
     model, batch = tiny_model()
     model.eval()
-    encoded = model._encode(batch["images"])
+    encoded = model.encode(batch["images"])
     torch.testing.assert_close(encoded.prompts[0], model.text(model.config.prompts) + model.prompt_offsets)
     with torch.no_grad():
         model.prompt_offsets.zero_()
-    torch.testing.assert_close(model._encode(batch["images"]).prompts[0], model.text(model.config.prompts))
+    torch.testing.assert_close(model.encode(batch["images"]).prompts[0], model.text(model.config.prompts))
+
+
+def test_prompt_embeddings_are_kept_at_inference_until_a_weight_changes():
+    model, batch = tiny_model()
+    model.eval()
+    with torch.no_grad():
+        first = model.prompt_embeddings()
+        assert model.prompt_embeddings() is first  # computed once per weights, not per request
+        model.prompt_offsets.add_(1.0)  # an optimiser step or load_state_dict changes weights in place
+        moved = model.prompt_embeddings()
+        torch.testing.assert_close(moved, first + 1.0)
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+        assert model.prompt_embeddings() is not moved
+    model.train()
+    with torch.no_grad():
+        assert model.prompt_embeddings() is not model.prompt_embeddings()  # never cached in training
 
 
 def test_image_only_needs_the_entity_scores():

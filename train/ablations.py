@@ -28,7 +28,7 @@ from rrg_core.datasets import load_split
 from rrg_core.evaluation import evaluate
 from rrg_core.metrics import PAPER_COLUMNS
 from rrg_core.observations import HEAD, TAIL
-from rrg_core.pretrained import from_pretrained
+from rrg_core.pipeline import ReportPipeline
 
 from .config import TrainConfig
 from .fit import fit, resolve_data
@@ -72,9 +72,9 @@ def run_variant(base: TrainConfig, name: str, seed: int, root: Path, test_limit:
         cfg.image_warmup_epochs = 0
     torch.manual_seed(seed)
     best = fit(cfg)
-    model = from_pretrained(best)
+    reporter = ReportPipeline.from_pretrained(best)
     studies = load_split(resolve_data(cfg), "test")[:test_limit]
-    result = evaluate(model, studies, dataset=cfg.dataset, progress=False)
+    result = evaluate(reporter, studies, dataset=cfg.dataset, progress=False)
     done.write_text(json.dumps(result, indent=2))
     return result
 

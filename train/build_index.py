@@ -15,7 +15,7 @@ import torch
 
 from rrg_core.datasets import load_split
 from rrg_core.indexing import build_index
-from rrg_core.pretrained import from_pretrained
+from rrg_core.model import REVTAF
 from rrg_core.study_dataset import study_loader
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = from_pretrained(args.weights, device=device, load_index=False)  # the old index may be stale or outdated
+    model = REVTAF.from_pretrained(args.weights, device=device, load_index=False)  # the old index may be stale or outdated
     studies = load_split(args.data, args.split)
     batches = study_loader(studies, model.config, model.tokenizer, dataset=args.dataset, batch_size=args.batch_size)
     index = build_index(model, batches, keep_texts=not args.no_texts)

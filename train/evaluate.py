@@ -13,7 +13,7 @@ import torch
 from rrg_core.datasets import load_split
 from rrg_core.evaluation import evaluate
 from rrg_core.metrics import markdown_table
-from rrg_core.pretrained import from_pretrained
+from rrg_core.pipeline import ReportPipeline
 
 
 def diagnosis_table(auroc: dict) -> str:
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = from_pretrained(args.weights, device=device)
+    reporter = ReportPipeline.from_pretrained(args.weights, device=device)
     studies = load_split(args.data, args.split)[: args.limit]
     options = {"num_beams": args.beams} if args.beams else {}
-    result = evaluate(model, studies, dataset=args.dataset, batch_size=args.batch_size, **options)
+    result = evaluate(reporter, studies, dataset=args.dataset, batch_size=args.batch_size, **options)
     result.update(weights=str(args.weights or "embedded default"), data=str(args.data), split=args.split, seed=args.seed)
 
     print(markdown_table({"this model": result["paper"]}))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rrg_core.evaluation import fit_decision_rule
 from rrg_core.phantoms import phantoms_or_split
-from rrg_core.pretrained import from_pretrained
+from rrg_core.model import REVTAF
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error("give either --data or --phantoms")
 
     folder = Path(args.weights)
-    model = from_pretrained(folder)
+    model = REVTAF.from_pretrained(folder)
     with tempfile.TemporaryDirectory() as tmp:
         studies, where = phantoms_or_split(tmp, phantoms=args.phantoms, seed=args.phantom_seed, data=args.data,
                                            split=args.split)

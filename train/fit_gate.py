@@ -34,7 +34,7 @@ from rrg_core.model import REVTAF
 from rrg_core.negatives import negatives
 from rrg_core.observations import State
 from rrg_core.phantoms import write_dataset
-from rrg_core.pretrained import from_pretrained
+from rrg_core.preprocessing import prepare_study
 from rrg_core.study_dataset import study_loader
 from rrg_core.xray_io import read_xray
 
@@ -75,7 +75,7 @@ def observe_studies(model: REVTAF, studies: list[Study], batch_size: int = 32) -
 def statistics_of(model: REVTAF, pixels: list[np.ndarray]) -> torch.Tensor:
     """Gate statistics of grayscale images as the model would read them (frontal view)."""
     c = model.config
-    prepared = torch.stack([model.prepare([p])[0, 0] for p in pixels])
+    prepared = torch.stack([prepare_study([p], model.config)[0, 0] for p in pixels])
     return image_statistics((prepared * c.image_std + c.image_mean).clamp(0, 1))
 
 
@@ -154,19 +154,19 @@ def fit_gate(model: REVTAF, folder: Path, args: argparse.Namespace) -> dict:
         extra = None
         if args.radiographs:
             extra = statistics_of(model, frontal_pixels(load_split(args.radiographs, "train")[: args.fit_limit]))
-        model.gate = Gate.fit(fit.both(), held.both(), negative, trained_on=args.trained_on, fitted_on=where,
-                              extra_radiograph_stats=extra, quantile=args.quantile)
-        model.calibration = Calibration.fit(held.native.p_positive.numpy(), held.positive, fitted_on=where)
-        model.gate.save(folder)
-        model.calibration.save(folder)
-        measured = {"fitted on": where, "OOD threshold": model.gate.threshold,
-                    "held-out flagged": flagged_share(model.gate, held.both())}
+        gate = Gate.fit(fit.both(), held.both(), negative, trained_on=args.trained_on, fitted_on=where,
+                        extra_radiograph_stats=extra, quantile=args.quantile)
+        calibration = Calibration.fit(held.native.p_positive.numpy(), held.positive, fitted_on=where)
+        gate.save(folder)
+        calibration.save(folder)
+        measured = {"fitted on": where, "OOD threshold": gate.threshold,
+                    "held-out flagged": flagged_share(gate, held.both())}
         test = test_studies(args, Path(tmp))
         if test is not None:
             observed = observe_studies(model, test[0])
             raw = observed.native.p_positive.numpy()
-            calibrated = model.calibration.calibrate_all(raw)
-            measured |= {"tested on": test[1], "test flagged": flagged_share(model.gate, observed.both()),
+            calibrated = calibration.calibrate_all(raw)
+            measured |= {"tested on": test[1], "test flagged": flagged_share(gate, observed.both()),
                          "ECE raw": expected_calibration_error(raw, observed.positive),
                          "ECE calibrated": expected_calibration_error(calibrated, observed.positive)}
             if args.figure:
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     folder = Path(args.weights)
     torch.manual_seed(0)
-    measured = fit_gate(from_pretrained(folder, load_index=True), folder, args)
+    measured = fit_gate(REVTAF.from_pretrained(folder), folder, args)
     print(json.dumps(measured, indent=2))
     return measured
 

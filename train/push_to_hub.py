@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from rrg_core.hub import push_folder
-from rrg_core.pretrained import from_pretrained
+from rrg_core.pipeline import ReportPipeline
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--message", default="Upload REVTAF weights")
     args = parser.parse_args(argv)
 
-    model = from_pretrained(args.folder)  # raises ValueError on anything broken
+    model = ReportPipeline.from_pretrained(args.folder).model  # raises ValueError on anything broken
     if not (Path(args.folder) / "README.md").is_file():
         sys.exit(f"{args.folder} has no model card (README.md): write one with train.model_card before publishing")
     if model.index is not None and model.index.texts is not None:

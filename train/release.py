@@ -18,12 +18,11 @@ import json
 import tempfile
 from pathlib import Path
 
-import torch
 
 from rrg_core.datasets import load_split
 from rrg_core.evaluation import evaluate, fit_decision_rule
 from rrg_core.phantoms import phantoms_or_split
-from rrg_core.pretrained import from_pretrained
+from rrg_core.pipeline import ReportPipeline
 
 from .config import TrainConfig
 from .fit import resolve_data
@@ -66,22 +65,25 @@ def main(argv: list[str] | None = None) -> Path:
 
     run = Path(args.run)
     train_config = json.loads((run / "train_config.json").read_text())
-    model = from_pretrained(run / "best")
+    reporter = ReportPipeline.from_pretrained(run / "best")
+    model = reporter.model
     if args.no_texts and model.index is not None:
         model.index.texts = None
     # Tune each observation's decision threshold on the run's validation split (decision.json).
     val = load_split(resolve_data(TrainConfig(**train_config)), "val")[: train_config.get("max_val_studies")]
-    model.decision = fit_decision_rule(model, val, dataset=train_config["dataset"],
-                                       fitted_on=f"the validation split of {run} ({len(val)} studies)")
-    print("decision thresholds:", json.dumps(model.decision.thresholds))
+    reporter.decision = fit_decision_rule(model, val, dataset=train_config["dataset"],
+                                          fitted_on=f"the validation split of {run} ({len(val)} studies)")
+    print("decision thresholds:", json.dumps(reporter.decision.thresholds))
     out = Path(args.out)
-    model.save_pretrained(out, dtype=torch.float16 if args.half else None)
+    if args.half:
+        model.half()  # a file half the size; loading restores float32
+    reporter.save_pretrained(out)
     # Evaluate what was saved (float16 weights included), so train.evaluate reproduces it.
-    model = from_pretrained(out)
+    reporter = ReportPipeline.from_pretrained(out)
     with tempfile.TemporaryDirectory() as tmp:
         studies, where = phantoms_or_split(tmp, phantoms=args.eval_phantoms, seed=args.eval_seed,
                                            data=args.eval_data, split=args.eval_split)
-        result = evaluate(model, studies, dataset=train_config["dataset"])
+        result = evaluate(reporter, studies, dataset=train_config["dataset"])
     if args.no_texts:  # the samples quote reference reports, which may not be redistributed either
         result.pop("samples", None)
     (out / "eval_results.json").write_text(json.dumps({**result, "evaluated_on": where}, indent=2))
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     print(json.dumps(headline(result), indent=2))
     gate = _gate_arguments(args, train_config)
-    print(json.dumps(fit_gate(from_pretrained(out), out, gate_parser().parse_args(gate)), indent=2))
+    print(json.dumps(fit_gate(reporter.model, out, gate_parser().parse_args(gate)), indent=2))
     return out
 
 
