@@ -22,6 +22,7 @@ the tokenizer files and the reference index.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -38,7 +39,7 @@ from .decoder import ReportDecoder
 from .diagnosis import DiagnosisHead
 from .fvtaf import FVTAF, consistency_loss
 from .grounding import grounding_loss
-from .hub import resolve_weights
+from .hub import push_folder, resolve_weights
 from .lre import EntityScores, LearnableRetrievalEnhancer, entity_loss
 from .mpsa import MPSAOutput
 from .reference_index import ReferenceIndex
@@ -383,6 +384,14 @@ class REVTAF(
         self.tokenizer.save_pretrained(save_directory)
         if self.index is not None:
             self.index.save(save_directory)
+
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Save to a temporary folder and upload it with :func:`rrg_core.hub.push_folder` (only the
+        folder's safe file types; ``revision`` creates a branch). Returns the commit URL."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return push_folder(tmp, repo_id, **kwargs)
 
 
 def load_model(weights: str | os.PathLike | None = None, **kwargs) -> REVTAF:

@@ -94,7 +94,7 @@ class ReportPipeline:
         return directory
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
-        """Save to a temporary folder and upload it (see :func:`rrg_core.hub.push_folder`)."""
+        """As :meth:`REVTAF.push_to_hub`, with the sidecars."""
         with tempfile.TemporaryDirectory() as tmp:
             return push_folder(self.save_pretrained(tmp), repo_id, **kwargs)
 

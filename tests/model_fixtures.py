@@ -12,6 +12,7 @@ from rrg_core.config import REVTAFConfig
 from rrg_core.indexing import build_index
 from rrg_core.model import REVTAF
 from rrg_core.observations import OBSERVATIONS, State
+from rrg_core.pipeline import ReportPipeline
 from rrg_core.tokenizer import train_tokenizer
 
 REPORTS = [
@@ -90,8 +91,8 @@ def write_tiny_dataset(root, n_train=12, n_val=4, n_test=4, masks=False):
     return root
 
 
-def fit_tiny_gate(model: REVTAF, root, n: int = 24) -> REVTAF:
-    """Give ``model`` a gate and a calibration fitted on a few phantoms (two seeds) against a few
+def fit_tiny_gate(model: REVTAF, root, n: int = 24) -> ReportPipeline:
+    """``model`` with a gate and a calibration fitted on a few phantoms (two seeds) against a few
     synthetic non-radiographs, as train.fit_gate does for released weights."""
     from rrg_core.calibration import Calibration
     from rrg_core.datasets import load_split
@@ -106,6 +107,5 @@ def fit_tiny_gate(model: REVTAF, root, n: int = 24) -> REVTAF:
                     fitted_on="tiny test phantoms", quantile=1.0)
     # 24 phantoms give a noisy Mahalanobis estimate: a margin, so that an unseen phantom's verdict
     # does not hang on rounding (torch's thread count, set by earlier tests, changes the last digits).
-    model.gate = dataclasses.replace(gate, threshold=1.5 * gate.threshold)
-    model.calibration = Calibration.fit(held_out.native.p_positive.numpy(), held_out.positive, "tiny test phantoms")
-    return model
+    calibration = Calibration.fit(held_out.native.p_positive.numpy(), held_out.positive, "tiny test phantoms")
+    return ReportPipeline(model, gate=dataclasses.replace(gate, threshold=1.5 * gate.threshold), calibration=calibration)

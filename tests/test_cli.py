@@ -15,7 +15,7 @@ from rrg_core.__main__ import main
 from rrg_core.labeler import label_report
 from rrg_core.observations import OBSERVATIONS
 from rrg_core.preprocessing import MAX_MAP_SIDE
-from rrg_core.pretrained import from_pretrained
+from rrg_core.pipeline import ReportPipeline
 from rrg_core.xray_io import read_xray
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,8 +65,8 @@ def test_json_has_one_record_per_file_and_a_bad_file_does_not_stop_the_rest(weig
     assert (bad["report"], bad["findings"], bad["references"]) == (None, [], [])
 
     # The same numbers as the library gives for the same file and options.
-    model = from_pretrained(weights)
-    expected = model.generate_from_xrays([read_xray(files["chest"])], num_beams=2, max_new_tokens=12)[0].to_dict()
+    model = ReportPipeline.from_pretrained(weights)
+    expected = model([read_xray(files["chest"])], num_beams=2, max_new_tokens=12)[0].to_dict()
     good = records[0]
     assert good["error"] is None
     assert good["report"] == expected["report"] and good["report"]
@@ -102,34 +102,28 @@ def test_heatmaps_are_capped_as_in_the_demo(weights, tmp_path, monkeypatch, caps
     """A full-size film's 35 maps at its own resolution took 3 GB; the CLI asks for them capped."""
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (2400, 1800), dtype=np.uint8)).save(big)
-    model = from_pretrained(weights)
+    model = ReportPipeline.from_pretrained(weights)
     shapes = []
-    real = model.generate_from_xrays
-
     def spy(*args, **kwargs):
-        reports = real(*args, **kwargs)
+        reports = model(*args, **kwargs)
         shapes.extend(m.heatmap.shape for m in reports[0].attention)
         return reports
 
-    monkeypatch.setattr(model, "generate_from_xrays", spy)
-    monkeypatch.setattr("rrg_core.pretrained.load_model", lambda *args, **kwargs: model)
+    monkeypatch.setattr("rrg_core.pipeline.load_pipeline", lambda *args, **kwargs: spy)
     assert main(["report", str(big), "--json", "--max-length", "4"]) == 0
     assert set(shapes) == {(MAX_MAP_SIDE, MAX_MAP_SIDE * 3 // 4)}
     assert _records(capsys)[0]["error"] is None
 
 
 def test_json_is_strict_null_for_non_finite_numbers(weights, files, monkeypatch, capsys):
-    model = from_pretrained(weights)
-    real = model.generate_from_xrays
-
+    model = ReportPipeline.from_pretrained(weights)
     def broken(*args, **kwargs):
-        reports = real(*args, **kwargs)
+        reports = model(*args, **kwargs)
         reports[0].references[0].distance = float("nan")
         reports[0].probabilities["Edema"] = [float("inf")] * 4
         return reports
 
-    monkeypatch.setattr(model, "generate_from_xrays", broken)
-    monkeypatch.setattr("rrg_core.pretrained.load_model", lambda *args, **kwargs: model)
+    monkeypatch.setattr("rrg_core.pipeline.load_pipeline", lambda *args, **kwargs: broken)
     assert main(["report", str(files["chest"]), "--json", "--max-length", "4"]) == 0
     line = capsys.readouterr().out.strip()
     record = json.loads(line, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))

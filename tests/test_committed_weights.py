@@ -10,7 +10,7 @@ import pytest
 
 from rrg_core.config import REVTAFConfig
 from rrg_core.observations import OBSERVATIONS, State
-from rrg_core.pretrained import from_pretrained
+from rrg_core.pipeline import ReportPipeline
 from rrg_core.xray_io import read_xray
 from train.config import TrainConfig
 
@@ -20,7 +20,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 @pytest.fixture(scope="module")
 def default_model():
-    return from_pretrained(WEIGHTS / "synthcxr").eval()
+    return ReportPipeline.from_pretrained(WEIGHTS / "synthcxr").eval()
 
 
 def _positives(report) -> set[str]:
@@ -28,12 +28,12 @@ def _positives(report) -> set[str]:
 
 
 def test_iu_weights_load_with_the_recipe_they_were_trained_with():
-    model = from_pretrained(WEIGHTS / "iu-xray-small").eval()
+    model = ReportPipeline.from_pretrained(WEIGHTS / "iu-xray-small").eval()
     c = model.config
     assert (c.feature_pyramid, c.prompt_offsets, c.entity_pooling, c.diagnosis_evidence) == (False, False, "alignment", False)
-    assert model.index is not None and model.index.texts is None  # IU report text is never committed
+    assert model.model.index is not None and model.model.index.texts is None  # IU report text is never committed
     xray = read_xray(EXAMPLES / "normal.png")
-    report = model.generate_from_xrays([[xray, xray]], num_beams=1, max_new_tokens=30)[0]
+    report = model([[xray, xray]], num_beams=1, max_new_tokens=30)[0]
     assert report.text.strip() and len(report.references) == c.top_k
     assert report.attention[0].heatmap.shape == xray.pixels.shape
 
@@ -68,18 +68,18 @@ def test_the_cards_training_config_builds_the_committed_model(weights, config):
     [("cardiomegaly.png", "Cardiomegaly"), ("pleural_effusion.dcm", "Pleural Effusion")],
 )
 def test_default_weights_call_the_examples_finding(default_model, example, finding):
-    report = default_model.generate_from_xrays([read_xray(EXAMPLES / example)], num_beams=1)[0]
+    report = default_model([read_xray(EXAMPLES / example)], num_beams=1)[0]
     assert finding in _positives(report)
 
 
 def test_default_weights_call_nothing_on_the_normal_example(default_model):
-    report = default_model.generate_from_xrays([read_xray(EXAMPLES / "normal.png")], num_beams=1)[0]
+    report = default_model([read_xray(EXAMPLES / "normal.png")], num_beams=1)[0]
     assert not _positives(report) - {"No Finding"}
 
 
 @pytest.mark.parametrize("weights", ["synthcxr", "iu-xray-small"])
 def test_committed_weights_ship_tuned_thresholds(weights):
-    model = from_pretrained(WEIGHTS / weights)
+    model = ReportPipeline.from_pretrained(WEIGHTS / weights)
     assert model.decision is not None and set(model.decision.thresholds) == set(OBSERVATIONS) - {"No Finding"}
     assert "validation" in model.decision.fitted_on
 
@@ -89,11 +89,11 @@ def test_iu_drafts_on_real_films_follow_the_findings_and_the_reader(iu_xray_root
     from rrg_core.datasets import load_split
     from rrg_core.labeler import label_report
 
-    model = from_pretrained(WEIGHTS / "iu-xray-small").eval()
+    model = ReportPipeline.from_pretrained(WEIGHTS / "iu-xray-small").eval()
     studies = load_split(iu_xray_root, "test")[:3]
     views = [[read_xray(p) for p in s.image_paths] for s in studies]
     forced = [{"Cardiomegaly": "positive", "Pleural Effusion": "positive"}, {"Pneumothorax": "positive"}, None]
-    for report in (*model.generate_from_xrays(views, max_map_side=64),
-                   *model.generate_from_xrays(views, max_map_side=64, states=forced)):
+    for report in (*model(views, max_map_side=64),
+                   *model(views, max_map_side=64, states=forced)):
         labels = label_report(report.text)
         assert {o for o, v in labels.items() if v == 1} == _positives(report), report.text

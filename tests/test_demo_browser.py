@@ -17,7 +17,7 @@ from playwright.sync_api import expect, sync_playwright
 from demo import rendering
 from demo.ui import EXAMPLES_DIR
 from rrg_core.labeler import label_report
-from rrg_core.pretrained import from_pretrained
+from rrg_core.pipeline import ReportPipeline
 from rrg_core.xray_io import read_xray
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -62,8 +62,8 @@ def test_upload_generate_and_see_report_references_and_heatmap(page, weights):
     heatmap = page.locator("#heatmap img")
     expect(heatmap).to_be_visible()
 
-    model = from_pretrained(weights, texts_from={f"s{i}": REPORTS[i] for i in range(6)})
-    expected = model.generate_from_xrays([read_xray(example)])[0]  # the page's default decoding = the config's
+    model = ReportPipeline.from_pretrained(weights, texts_from={f"s{i}": REPORTS[i] for i in range(6)})
+    expected = model([read_xray(example)])[0]  # the page's default decoding = the config's
     expect(page.locator("#report textarea")).to_have_value(expected.text)
     # The first rows on the page are exactly what the library's report renders to.
     rows = {"#references": rendering.references_table(expected)[0], "#findings": rendering.findings_table(expected)[0]}

@@ -21,7 +21,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from demo import service
 from demo.ui import EXAMPLES_DIR
-from rrg_core.pretrained import DEFAULT_WEIGHTS, from_pretrained
+from rrg_core.hub import named_weights
+from rrg_core.pipeline import ReportPipeline
 from rrg_core.xray_io import read_xray
 
 pytestmark = pytest.mark.slow
@@ -80,8 +81,8 @@ def test_server_starts_from_the_environment_and_shows_only_the_generate_endpoint
 def test_png_gets_the_same_report_findings_and_references_as_the_library(client, inputs, weights, reference_data):
     text, findings, references, txt_path, json_path = _generate(client, inputs["chest"])
 
-    model = from_pretrained(weights, texts_from={f"s{i}": REPORTS[i] for i in range(6)})
-    expected = model.generate_from_xrays([read_xray(inputs["chest"])], num_beams=2, max_new_tokens=16)[0]
+    model = ReportPipeline.from_pretrained(weights, texts_from={f"s{i}": REPORTS[i] for i in range(6)})
+    expected = model([read_xray(inputs["chest"])], num_beams=2, max_new_tokens=16)[0]
     assert text == expected.text and text
     assert [row[0] for row in findings["data"]] == [f["observation"] for f in expected.findings()]
     assert findings["data"][0][3] == pytest.approx(expected.findings()[0]["p_positive"], abs=1e-3)
@@ -147,8 +148,7 @@ def test_unavailable_hub_weights_stop_the_start_with_one_sentence(capsys):
 
 
 def test_the_embedded_default_weights_load_with_no_flags():
-    if not (DEFAULT_WEIGHTS / "config.json").is_file():
-        pytest.skip(f"the embedded default weights are not in {DEFAULT_WEIGHTS} yet")
+    named_weights("synthcxr")  # the embedded default is there (WeightsUnavailable otherwise)
     loaded = service.load()
     assert loaded.weights_id == "embedded default (assets/weights/synthcxr)"
     assert loaded.texts_note is None, "SynthCXR reports are ours to ship, so the default index holds its texts"

@@ -14,6 +14,7 @@ from rrg_core.decoder import PREFIX_LENGTH
 from rrg_core.faithful import NORMAL_SENTENCE, make_consistent, named_sides, side_of
 from rrg_core.labeler import label_report
 from rrg_core.observations import OBSERVATIONS, State
+from rrg_core.pipeline import ReportPipeline
 from rrg_core.report_text import split_sentences, to_prose
 from rrg_core.sentence_bank import _BANK, SIDED, sentences_for
 
@@ -119,7 +120,8 @@ def test_random_weights_still_write_drafts_that_agree_with_their_findings(seed):
          for j in rng.choice(13, size=3, replace=False)}
         for _ in range(len(batch["images"]))
     ]
-    for reports in (model.generate(batch["images"]), model.generate(batch["images"], states=overrides)):
+    reporter = ReportPipeline(model)
+    for reports in (reporter.generate(batch["images"]), reporter.generate(batch["images"], states=overrides)):
         for report in reports:
             labels = label_report(report.text)
             for name, state in zip(OBSERVATIONS, report.states):
@@ -136,7 +138,7 @@ def test_random_weights_still_write_drafts_that_agree_with_their_findings(seed):
 def test_an_override_reaches_the_text_and_the_export():
     model, batch = tiny_model()
     images = batch["images"][:1]
-    report = model.generate(images, states=[{"Pneumothorax": "positive", "no finding": "blank"}])[0]
+    report = ReportPipeline(model).generate(images, states=[{"Pneumothorax": "positive", "no finding": "blank"}])[0]
     assert label_report(report.text)["Pneumothorax"] == 1
     assert report.states[OBSERVATIONS.index("Pneumothorax")] == State.POSITIVE
     exported = report.to_dict()
@@ -145,7 +147,7 @@ def test_an_override_reaches_the_text_and_the_export():
     assert rows["Pneumothorax"]["set_by"] == "reader" and rows["Pneumothorax"]["decision_rule"] == "set by the reader"
     json.dumps(exported)  # JSON-ready
     with pytest.raises(ValueError, match="unknown observation 'Heart'"):
-        model.generate(images, states=[{"Heart": "positive"}])
+        ReportPipeline(model).generate(images, states=[{"Heart": "positive"}])
 
 
 def test_the_decoders_best_candidate_is_plain_beam_search():
@@ -238,12 +240,11 @@ def test_decision_rule_round_trip_and_bad_files(tmp_path):
 
 
 def test_saved_models_keep_their_thresholds(tmp_path):
-    from rrg_core.pretrained import from_pretrained
 
     model, _ = tiny_model()
-    model.decision = DecisionRule({"Cardiomegaly": 0.05})
-    model.save_pretrained(tmp_path)
-    assert from_pretrained(tmp_path).decision == model.decision
+    reporter = ReportPipeline(model, decision=DecisionRule({"Cardiomegaly": 0.05}))
+    reporter.save_pretrained(tmp_path)
+    assert ReportPipeline.from_pretrained(tmp_path).decision == reporter.decision
 
 
 @pytest.mark.parametrize("raw, prose", [

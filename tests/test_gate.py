@@ -17,8 +17,9 @@ from rrg_core.calibration import CALIBRATION_NAME, Calibration, expected_calibra
 from rrg_core.gate import COLOUR_REFUSAL, GATE_JSON, GATE_TENSORS, STATISTICS, Gate, image_statistics
 from rrg_core.negatives import KINDS, negatives
 from rrg_core.observations import OBSERVATIONS
+from rrg_core.hub import named_weights
 from rrg_core.phantoms import write_dataset
-from rrg_core.pretrained import from_pretrained
+from rrg_core.pipeline import ReportPipeline
 from rrg_core.xray_io import read_xray
 from train.model_card import set_section
 
@@ -126,11 +127,11 @@ def test_colour_is_measured_when_reading_and_zero_for_gray_stored_as_rgb():
 # ---------------------------------------------------------------- the gate on a model
 def test_a_phantom_passes_and_colour_and_non_radiographs_are_refused(gated):
     folder, phantom = gated
-    model = from_pretrained(folder)
+    model = ReportPipeline.from_pretrained(folder)
     assert model.gate is not None and model.calibration is not None
     photo = next(x for kind, x in negatives(8, seed=9) if kind == "scene")
     document = next(x for kind, x in negatives(16, seed=9) if kind == "document (gray)")
-    ok, colour, text = model.generate_from_xrays([phantom, photo, document], max_new_tokens=5)
+    ok, colour, text = model([phantom, photo, document], max_new_tokens=5)
     assert ok.input_check.radiograph and not ok.out_of_distribution
     assert ok.input_check.ood_score <= ok.input_check.ood_threshold
     assert (colour.input_check.radiograph, colour.input_check.refusal) == (False, COLOUR_REFUSAL)
@@ -142,8 +143,8 @@ def test_a_phantom_passes_and_colour_and_non_radiographs_are_refused(gated):
 
 def test_references_get_their_percentile_and_findings_their_calibrated_probability(gated):
     folder, phantom = gated
-    model = from_pretrained(folder)
-    report = model.generate_from_xrays([phantom], max_new_tokens=5)[0]
+    model = ReportPipeline.from_pretrained(folder)
+    report = model([phantom], max_new_tokens=5)[0]
     shares = [r.closer_than for r in report.references]
     assert all(0 <= s <= 1 for s in shares) and shares == sorted(shares, reverse=True)
     for row in report.findings():
@@ -153,7 +154,7 @@ def test_references_get_their_percentile_and_findings_their_calibrated_probabili
 
 
 def test_the_gate_scores_in_distribution_features_lower_than_shifted_ones(gated):
-    model = from_pretrained(gated[0])
+    model = ReportPipeline.from_pretrained(gated[0])
     gate = model.gate
     inside = gate.mean[None] + gate.scale[None] * gate.components[:1] * gate.variances[:1].sqrt()
     outside = gate.mean[None] + 20 * gate.scale[None] * torch.randn(1, len(gate.mean), generator=torch.Generator().manual_seed(0))
@@ -161,9 +162,9 @@ def test_the_gate_scores_in_distribution_features_lower_than_shifted_ones(gated)
 
 
 def test_weights_without_sidecars_have_no_gate_and_say_so(weights):
-    model = from_pretrained(weights)
+    model = ReportPipeline.from_pretrained(weights)
     assert model.gate is None
-    report = model.generate_from_xrays([np.random.default_rng(0).random((70, 70), dtype=np.float32)], max_new_tokens=5)[0]
+    report = model([np.random.default_rng(0).random((70, 70), dtype=np.float32)], max_new_tokens=5)[0]
     row = report.to_dict()
     assert report.input_check is None and row["out_of_distribution"] is None and row["ood_score"] is None
     assert all(r["closer_than"] is None for r in row["references"])
@@ -176,27 +177,27 @@ def test_a_damaged_or_foreign_gate_fails_with_one_sentence(gated, tmp_path, weig
     shutil.copytree(gated[0], folder)
     (folder / GATE_TENSORS).write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match=r"^the input gate in .* cannot be used \(.*\): delete both files"):
-        from_pretrained(folder)
+        ReportPipeline.from_pretrained(folder)
     # A gate fitted for other weights (here: more features than these weights have).
     other = tmp_path / "other"
     shutil.copytree(weights, other)
-    gate = Gate.load(gated[0], n_features=len(from_pretrained(gated[0]).gate.mean))
+    gate = Gate.load(gated[0], n_features=len(ReportPipeline.from_pretrained(gated[0]).gate.mean))
     gate.mean, gate.scale = torch.zeros(999), torch.ones(999)
     gate.save(other)
     with pytest.raises(ValueError, match="fitted for 999 features"):
-        from_pretrained(other)
+        ReportPipeline.from_pretrained(other)
     scalars = json.loads((folder.parent / "w" / GATE_JSON).read_text())
     scalars["format"] = "rrg-gate/0"
     (other / GATE_JSON).write_text(json.dumps(scalars))
     with pytest.raises(ValueError, match="this version reads"):
-        from_pretrained(other)
+        ReportPipeline.from_pretrained(other)
 
 
 # ---------------------------------------------------------------- what users read
 def test_banner_withheld_draft_and_cli_warning(gated):
     folder, phantom = gated
-    model = from_pretrained(folder)
-    ok, photo = model.generate_from_xrays([phantom, next(x for _, x in negatives(3, seed=9))], max_new_tokens=5)
+    model = ReportPipeline.from_pretrained(folder)
+    ok, photo = model([phantom, next(x for _, x in negatives(3, seed=9))], max_new_tokens=5)
     assert service.gate_banner(ok) is None and not service.withheld(ok)
     assert service.gate_banner(photo) == f"⚠️ {COLOUR_REFUSAL}" and service.withheld(photo)
     photo.input_check.radiograph, photo.input_check.refusal = True, None
@@ -208,7 +209,7 @@ def test_banner_withheld_draft_and_cli_warning(gated):
 
 
 def test_the_card_headline_names_the_evaluation_and_known_failures():
-    headline = service.card_headline(service.DEFAULT_WEIGHTS)
+    headline = service.card_headline(named_weights("synthcxr"))
     assert headline.startswith("**Measured** on 300 fresh SynthCXR phantoms")
     assert "CE micro-F1 0.871" in headline and "**Known failures:** Its decoder names the wrong side" in headline
 
@@ -221,15 +222,15 @@ def test_set_section_replaces_or_appends(tmp_path):
 
 
 # ---------------------------------------------------------------- the committed weights
-WEIGHTS = service.DEFAULT_WEIGHTS.parent
+WEIGHTS = named_weights("synthcxr").parent
 
 
 def test_the_default_weights_pass_their_examples_and_flag_a_photo_and_a_turned_film():
-    model = from_pretrained(WEIGHTS / "synthcxr")
+    model = ReportPipeline.from_pretrained(WEIGHTS / "synthcxr")
     examples = [read_xray(p) for p in sorted((WEIGHTS.parents[1] / "assets" / "examples").glob("*.png"))]
     turned = np.ascontiguousarray(np.rot90(examples[0].pixels))
     photo = next(x for kind, x in negatives(8, seed=21) if kind == "scene")
-    reports = model.generate_from_xrays([*examples, turned, photo], max_new_tokens=5, min_new_tokens=1)
+    reports = model([*examples, turned, photo], max_new_tokens=5, min_new_tokens=1)
     *ordinary, on_side, picture = reports
     assert not any(r.out_of_distribution for r in ordinary)
     assert on_side.out_of_distribution and not picture.input_check.radiograph
@@ -241,8 +242,8 @@ def test_real_films_are_flagged_by_the_phantom_weights_and_pass_the_iu_weights(i
 
     studies = load_split(iu_xray_root, "test")[:6]
     films = [[read_xray(p) for p in s.image_paths[:2]] for s in studies]
-    phantom_weights, iu_weights = from_pretrained(WEIGHTS / "synthcxr"), from_pretrained(WEIGHTS / "iu-xray-small")
-    flagged = phantom_weights.generate_from_xrays([f[:1] for f in films], max_new_tokens=5, min_new_tokens=1)
+    phantom_weights, iu_weights = ReportPipeline.from_pretrained(WEIGHTS / "synthcxr"), ReportPipeline.from_pretrained(WEIGHTS / "iu-xray-small")
+    flagged = phantom_weights([f[:1] for f in films], max_new_tokens=5, min_new_tokens=1)
     assert all(r.out_of_distribution and r.input_check.radiograph for r in flagged)
-    passed = iu_weights.generate_from_xrays(films, max_new_tokens=5, min_new_tokens=1)
+    passed = iu_weights(films, max_new_tokens=5, min_new_tokens=1)
     assert sum(r.out_of_distribution for r in passed) <= 1

@@ -9,6 +9,7 @@ from model_fixtures import tiny_model
 
 from rrg_core.hub import WEIGHT_FILE_PATTERNS, WeightsUnavailable, parse_weights_spec, resolve_weights
 from rrg_core.model import REVTAF
+from rrg_core.pipeline import ReportPipeline
 
 
 def test_spec_parsing():
@@ -38,7 +39,7 @@ def test_download_asks_only_for_safe_files_and_loads(monkeypatch, tmp_path):
     (saved / "pytorch_model.bin").write_bytes(b"not to be fetched")
     calls = []
 
-    def fake_snapshot_download(repo_id, *, revision, allow_patterns, cache_dir, repo_type):
+    def fake_snapshot_download(repo_id, *, revision, allow_patterns, cache_dir, repo_type, **_):
         calls.append((repo_id, revision, tuple(allow_patterns)))
         return str(saved)
 
@@ -47,7 +48,8 @@ def test_download_asks_only_for_safe_files_and_loads(monkeypatch, tmp_path):
     assert calls == [("org/revtaf", "v1", tuple(WEIGHT_FILE_PATTERNS))]
     assert not any(fnmatch.fnmatch("pytorch_model.bin", p) for p in WEIGHT_FILE_PATTERNS)
     assert not any(fnmatch.fnmatch("model.pt", p) for p in WEIGHT_FILE_PATTERNS)
-    assert loaded.generate(batch["images"][:1])[0].text == model.generate(batch["images"][:1])[0].text
+    texts = [ReportPipeline(m).generate(batch["images"][:1])[0].text for m in (loaded, model)]
+    assert texts[0] == texts[1]
 
 
 def test_push_uploads_the_saved_folder(monkeypatch):

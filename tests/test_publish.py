@@ -5,7 +5,8 @@ import huggingface_hub
 import pytest
 from model_fixtures import tiny_model, write_tiny_dataset
 
-from rrg_core.pretrained import from_pretrained
+from rrg_core.model import REVTAF
+from rrg_core.pipeline import ReportPipeline
 from train import build_index as build_index_cli
 from train import push_to_hub as push_cli
 from train.model_card import DISCLAIMER, write_model_card
@@ -29,10 +30,10 @@ def test_model_card_names_data_licence_and_disclaimer(saved):
 def test_build_index_can_drop_report_text(saved, tmp_path):
     data = write_tiny_dataset(tmp_path / "data")
     build_index_cli.main(["--weights", str(saved), "--data", str(data), "--no-texts"])
-    model = from_pretrained(saved)
-    assert len(model.index) == 12 and model.index.texts is None
-    assert model.index.study_ids[0] == "train0"
-    with_texts = from_pretrained(saved, texts_from={f"train{i}": f"report {i}" for i in range(12)})
+    index = REVTAF.from_pretrained(saved).index
+    assert len(index) == 12 and index.texts is None
+    assert index.study_ids[0] == "train0"
+    with_texts = REVTAF.from_pretrained(saved, texts_from={f"train{i}": f"report {i}" for i in range(12)})
     assert with_texts.index.texts[3] == "report 3"
 
 
@@ -88,7 +89,7 @@ def test_release_evaluates_on_fresh_phantoms_and_writes_a_compact_carded_folder(
     assert "python -m train.fit --config tiny-made-up --set epochs=1\n" in card  # the run's own command
     results = __import__("json").loads((out / "eval_results.json").read_text())
     assert results["n"] == 8 and "grounding" in results
-    model = from_pretrained(out)
-    assert model.index.texts is None
+    model = ReportPipeline.from_pretrained(out)
+    assert model.model.index.texts is None
     assert model.gate.trained_on == "made-up images" and model.calibration is not None
     assert (out / "model.safetensors").stat().st_size < 0.6 * (run / "best" / "model.safetensors").stat().st_size

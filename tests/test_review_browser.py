@@ -21,7 +21,7 @@ from test_demo_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, TIMEOUT_MS
 
 from demo.review import blind_text
 from rrg_core.__main__ import main as cli
-from rrg_core.pretrained import from_pretrained
+from rrg_core.pipeline import ReportPipeline
 from rrg_core.reader_study import ReaderStudy, worklist
 from rrg_core.xray_io import read_xray
 
@@ -54,8 +54,8 @@ def _open(browser, url: str):
 
 def _drafts(weights: Path, dataset: Path) -> dict[str, str]:
     """What the library drafts for each test study with the weights' default options."""
-    model = from_pretrained(weights, texts_from={f"s{i}": REPORTS[i] for i in range(6)})
-    return {item.study_id: model.generate_from_xrays([[read_xray(p) for p in item.image_paths]])[0].text
+    model = ReportPipeline.from_pretrained(weights, texts_from={f"s{i}": REPORTS[i] for i in range(6)})
+    return {item.study_id: model([[read_xray(p) for p in item.image_paths]])[0].text
             for item in worklist(dataset, "test")}
 
 

@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from rrg_core import model as model_module
 from rrg_core.__main__ import main
 from rrg_core.config import REVTAFConfig
-from rrg_core.pretrained import CONFIG_NAME, WEIGHTS_NAME, from_pretrained
+from rrg_core.checkpoint import WEIGHTS_NAME
+from rrg_core.model import CONFIG_NAME, REVTAF
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_a_mismatched_config_is_refused_before_the_model_is_allocated(good, tmp_
 
     monkeypatch.setattr(model_module.REVTAF, "__init__", spy)
     with pytest.raises(ValueError, match="decoder.*the model expects"):
-        from_pretrained(folder)
+        REVTAF.from_pretrained(folder)
     assert built_on == ["meta"]
 
 
@@ -97,6 +98,6 @@ def test_the_app_refuses_a_bad_folder_with_the_same_sentence(good, tmp_path, cap
 
 
 def test_a_good_folder_still_loads_and_presets_pass_their_own_checks(good):
-    assert from_pretrained(good).config.hyperbolic_dim == json.loads((good / CONFIG_NAME).read_text())["hyperbolic_dim"]
+    assert REVTAF.from_pretrained(good).config.hyperbolic_dim == json.loads((good / CONFIG_NAME).read_text())["hyperbolic_dim"]
     for name in ("tiny", "small", "paper"):
         REVTAFConfig.preset(name)

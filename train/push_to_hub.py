@@ -26,8 +26,11 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
 
     model = ReportPipeline.from_pretrained(args.folder).model  # raises ValueError on anything broken
-    if not (Path(args.folder) / "README.md").is_file():
-        sys.exit(f"{args.folder} has no model card (README.md): write one with train.model_card before publishing")
+    card = Path(args.folder) / "README.md"
+    # save_pretrained writes a placeholder card; a release's card says what the weights were trained on.
+    if not card.is_file() or "**Training data:**" not in card.read_text(encoding="utf-8"):
+        sys.exit(f"{args.folder} has no model card naming its training data (README.md): "
+                 "write one with train.model_card (train.release does) before publishing")
     if model.index is not None and model.index.texts is not None:
         print("note: the reference index holds report text; drop it (train.build_index --no-texts) "
               "if the data's licence forbids redistribution", file=sys.stderr)
