@@ -30,7 +30,7 @@ from rrg_core.faithful import named_sides
 from rrg_core.labeler import label_report
 from rrg_core.metrics import clinical_efficacy, nlg_metrics
 from rrg_core.phantoms import phantoms_or_split
-from rrg_core.pretrained import from_pretrained
+from rrg_core.pipeline import ReportPipeline
 from rrg_core.report_text import normalize_report, split_sentences, to_prose
 from rrg_core.study_dataset import read_masks, study_loader
 
@@ -70,14 +70,14 @@ def laterality(studies, texts: list[str]) -> tuple[float, int, int]:
 
 
 @torch.no_grad()
-def forced_following(model, studies, dataset: str) -> dict[str, dict[str, tuple[float, float]]]:
+def forced_following(reporter: ReportPipeline, studies, dataset: str) -> dict[str, dict[str, tuple[float, float]]]:
     """Per finding and forced state: (decoder best beam, consistent draft) share that follows."""
     hits = {o: {"positive": [0, 0], "negative": [0, 0]} for o in FORCED}
     variants = [(o, s) for o in FORCED for s in ("positive", "negative")]
-    loader = study_loader(studies, model.config, model.tokenizer, dataset=dataset, batch_size=1)
+    loader = study_loader(studies, reporter.config, reporter.model.tokenizer, dataset=dataset, batch_size=1)
     for batch in loader:
         images = batch["images"].expand(len(variants), *batch["images"].shape[1:])
-        reports = model.generate(images, states=[{o: s} for o, s in variants])
+        reports = reporter.generate(images, states=[{o: s} for o, s in variants])
         for (name, state), report in zip(variants, reports):
             for k, text in enumerate((report.consistency.decoder_text, report.text)):
                 positive = label_report(text)[name] == 1
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = from_pretrained(args.weights)
+    model = ReportPipeline.from_pretrained(args.weights)
     if args.legacy_rule:
         model.decision = None
 

@@ -29,11 +29,12 @@ from PIL import Image
 
 from rrg_core.calibration import expected_calibration_error
 from rrg_core.datasets import load_split
-from rrg_core.gate import COLOUR_LIMIT, annotate, observe, refuse_colour
+from rrg_core.gate import COLOUR_LIMIT, annotate, gate_features, observe, refuse_colour
 from rrg_core.negatives import negatives
 from rrg_core.observations import OBSERVATIONS
 from rrg_core.phantoms import write_dataset
-from rrg_core.pretrained import from_pretrained
+from rrg_core.pipeline import ReportPipeline
+from rrg_core.preprocessing import prepare_study
 from rrg_core.xray_io import UnreadableImage, XRay, read_xray
 from train.fit_gate import observe_studies
 
@@ -60,14 +61,14 @@ def package_pictures() -> list[XRay]:
     return found
 
 
-def verdicts(model, studies: list[list[np.ndarray | XRay]]) -> tuple[np.ndarray, np.ndarray]:
-    """(flagged, refused) per study, as generate_from_xrays decides them (without the decoder)."""
+def verdicts(reporter: ReportPipeline, studies: list[list[np.ndarray | XRay]]) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged, refused) per study, as the pipeline decides them (without the decoder)."""
     flagged, refused = [], []
     for start in range(0, len(studies), 32):
         chunk = studies[start : start + 32]
-        images = torch.stack([model.prepare(views) for views in chunk])
-        seen = observe(model, images)
-        for views, check in zip(chunk, model.gate.check(seen.stats, seen.features)):
+        images = torch.stack([prepare_study(views, reporter.config) for views in chunk])
+        seen = observe(reporter.model, images)
+        for views, check in zip(chunk, reporter.gate.check(seen.stats, seen.features)):
             colour = max(getattr(v, "colour", 0.0) for v in views)
             refused.append(not check.radiograph or colour > COLOUR_LIMIT)
             flagged.append(refused[-1] or check.out_of_distribution)
@@ -82,27 +83,27 @@ def turned(pixels: list[np.ndarray]) -> list[list[np.ndarray]]:
     return [[np.ascontiguousarray(np.rot90(p, 1 if i % 2 else -1))] for i, p in enumerate(pixels)]
 
 
-def latency_share(model, xray: XRay, repeats: int = 7) -> tuple[float, float]:
+def latency_share(reporter: ReportPipeline, xray: XRay, repeats: int = 7) -> tuple[float, float]:
     """Median seconds of one whole report, and of the gate's and calibration's own work in it
     (timed apart: on a shared CPU the report's own spread is larger than the gate)."""
-    images = torch.stack([model.prepare([xray])])
-    encoded = model._encode(images)
-    report = model.generate_from_xrays([xray])
+    images = torch.stack([prepare_study([xray], reporter.config)])
+    encoded = reporter.model.encode(images)
+    report = reporter([xray])
     whole, gate = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.generate_from_xrays([xray])
+        reporter([xray])
         whole.append(time.perf_counter() - start)
         start = time.perf_counter()
-        annotate(model, report, images, encoded)
+        annotate(report, reporter.gate, reporter.calibration, *gate_features(reporter.model, images, encoded))
         refuse_colour(report, [xray.colour])
         gate.append(time.perf_counter() - start)
     return statistics.median(whole), statistics.median(gate)
 
 
-def calibration_rows(model, observed) -> list[str]:
+def calibration_rows(reporter: ReportPipeline, observed) -> list[str]:
     raw = observed.native.p_positive.numpy()
-    calibrated = model.calibration.calibrate_all(raw)
+    calibrated = reporter.calibration.calibrate_all(raw)
     per_raw = [expected_calibration_error(raw[:, i], observed.positive[:, i]) for i in range(len(OBSERVATIONS))]
     per_cal = [expected_calibration_error(calibrated[:, i], observed.positive[:, i]) for i in range(len(OBSERVATIONS))]
     return [
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         phantoms = load_split(write_dataset(Path(tmp) / "p", n=args.n, seed=UNSEEN_PHANTOM_SEED), "all")
         phantom_views = [[read_xray(s.image_paths[0])] for s in phantoms]
         for folder in args.weights:
-            model = from_pretrained(folder)
+            model = ReportPipeline.from_pretrained(folder)
             print(f"\n{folder} (trained on {model.gate.trained_on if model.gate else '?'})")
             if model.gate is None:
                 print("  no gate for these weights: fit one with python -m train.fit_gate")
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             own = phantoms if "phantom" in model.gate.trained_on else iu_test
             if model.calibration is not None and own:
                 print(f"  calibration on {'unseen phantoms' if own is phantoms else 'IU X-Ray test'}:")
-                print("\n".join(calibration_rows(model, observe_studies(model, own))))
+                print("\n".join(calibration_rows(model, observe_studies(model.model, own))))
             whole, gate = latency_share(model, phantom_views[0][0])
             print(f"  one report {1000 * whole:.0f} ms, of which the gate and calibration {1000 * gate:.1f} ms: "
                   f"the gate adds {100 * gate / (whole - gate):.2f} %")

@@ -16,6 +16,7 @@ import torch
 from rrg_core.config import REVTAFConfig
 from rrg_core.indexing import build_index
 from rrg_core.model import REVTAF
+from rrg_core.pipeline import ReportPipeline
 from rrg_core.prompts import N_FINDING_PROMPTS
 from rrg_core.tokenizer import train_tokenizer
 
@@ -76,8 +77,9 @@ def main() -> None:
         grounded_s = timed(lambda: step(grounded=True), repeats)
         model.eval()
         tokens = min(args.tokens, config.max_report_tokens)
-        gen_s = timed(lambda: model.generate(batch["images"], num_beams=3, min_new_tokens=tokens,
-                                             max_new_tokens=tokens), repeats=1)
+        reporter = ReportPipeline(model)
+        gen_s = timed(lambda: reporter.generate(batch["images"], num_beams=3, min_new_tokens=tokens,
+                                                max_new_tokens=tokens), repeats=1)
         print(f"| {name} | {params / 1e6:.1f} M | {train_s:.2f} s | {warmup_s:.2f} s | {train_s / warmup_s:.1f}x "
               f"| {grounded_s / train_s:.2f}x | {gen_s:.2f} s |", flush=True)
 

@@ -58,8 +58,8 @@ for name, weights, paths in cases:
     def once():
         start = time.perf_counter()
         views = service.read_views(frontal, lateral, lambda path: Path(path).read_bytes())
-        done = service.generate(loaded, views, beams=loaded.model.config.num_beams,
-                                max_length=loaded.model.config.max_new_tokens)
+        done = service.generate(loaded, views, beams=loaded.reporter.config.num_beams,
+                                max_length=loaded.reporter.config.max_new_tokens)
         shown = service.evidence(done)
         rendering.findings_table(done.report), rendering.references_table(done.report)
         drawn = time.perf_counter()
@@ -124,7 +124,7 @@ def stages(cases: dict, repeats: int) -> None:
     rows: dict[str, dict[str, float]] = {}
     for name, (weights, paths) in cases.items():
         loaded = service.load(weights)
-        model, watch = loaded.model, Stopwatch()
+        model, watch = loaded.reporter.model, Stopwatch()
         frontal, lateral = (paths + [None])[:2]
         watch.hook(model.visual, "visual encoder")
         watch.hook(model.text, "text encoder")

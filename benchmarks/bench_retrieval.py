@@ -27,7 +27,7 @@ import torch
 
 from rrg_core import reference_index
 from rrg_core.hyperbolic import make_ball
-from rrg_core.pretrained import DEFAULT_WEIGHTS
+from rrg_core.hub import named_weights
 from rrg_core.reference_index import ReferenceIndex
 
 N_REFERENCES, K, CURVATURE, DIM = 270_790, 21, 0.01, 128
@@ -45,7 +45,7 @@ def random_points(n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
 
 def lre_like_points(n: int, generator: torch.Generator, rows: int = 1 << 18) -> torch.Tensor:
     """n points from a Gaussian fitted to the default index's points in the tangent space at 0."""
-    reference = ReferenceIndex.load(DEFAULT_WEIGHTS)
+    reference = ReferenceIndex.load(named_weights("synthcxr"))
     ball = make_ball(reference.curvature)
     tangent = ball.logmap0(reference.embeddings.double())
     mean, factor = tangent.mean(0), torch.linalg.cholesky(torch.cov(tangent.T) + 1e-9 * torch.eye(tangent.shape[1]))

@@ -4,8 +4,11 @@ They were trained by different versions of the recipe; each config.json pins the
 weights were trained with, and these tests catch a change that would silently break that."""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rrg_core.config import REVTAFConfig
@@ -20,7 +23,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 @pytest.fixture(scope="module")
 def default_model():
-    return ReportPipeline.from_pretrained(WEIGHTS / "synthcxr").eval()
+    return ReportPipeline.from_pretrained(WEIGHTS / "synthcxr")
 
 
 def _positives(report) -> set[str]:
@@ -28,7 +31,7 @@ def _positives(report) -> set[str]:
 
 
 def test_iu_weights_load_with_the_recipe_they_were_trained_with():
-    model = ReportPipeline.from_pretrained(WEIGHTS / "iu-xray-small").eval()
+    model = ReportPipeline.from_pretrained(WEIGHTS / "iu-xray-small")
     c = model.config
     assert (c.feature_pyramid, c.prompt_offsets, c.entity_pooling, c.diagnosis_evidence) == (False, False, "alignment", False)
     assert model.model.index is not None and model.model.index.texts is None  # IU report text is never committed
@@ -41,7 +44,7 @@ def test_iu_weights_load_with_the_recipe_they_were_trained_with():
 def test_default_weights_use_the_current_recipe(default_model):
     c = default_model.config
     assert (c.feature_pyramid, c.prompt_offsets, c.entity_pooling, c.diagnosis_evidence) == (True, True, "similarity", True)
-    assert default_model.visual.lateral is not None and default_model.diagnosis.evidence is not None
+    assert default_model.model.visual.lateral is not None and default_model.model.diagnosis.evidence is not None
     assert c.pyramid_upsampling == "aligned" and c.sinkhorn_tol == REVTAFConfig().sinkhorn_tol
     assert c.grounding_weight > 0  # its heatmaps are mask-supervised (the card says so)
 
@@ -89,7 +92,7 @@ def test_iu_drafts_on_real_films_follow_the_findings_and_the_reader(iu_xray_root
     from rrg_core.datasets import load_split
     from rrg_core.labeler import label_report
 
-    model = ReportPipeline.from_pretrained(WEIGHTS / "iu-xray-small").eval()
+    model = ReportPipeline.from_pretrained(WEIGHTS / "iu-xray-small")
     studies = load_split(iu_xray_root, "test")[:3]
     views = [[read_xray(p) for p in s.image_paths] for s in studies]
     forced = [{"Cardiomegaly": "positive", "Pleural Effusion": "positive"}, {"Pneumothorax": "positive"}, None]
@@ -97,3 +100,26 @@ def test_iu_drafts_on_real_films_follow_the_findings_and_the_reader(iu_xray_root
                    *model(views, max_map_side=64, states=forced)):
         labels = label_report(report.text)
         assert {o for o, v in labels.items() if v == 1} == _positives(report), report.text
+
+
+GOLDEN = Path(__file__).parent / "data" / "committed_weights_reports.json"
+
+
+@pytest.mark.parametrize("weights", ["synthcxr", "iu-xray-small"])
+def test_reports_are_the_ones_the_weights_gave_before_the_architecture_change(weights):
+    """Loaded by name, run through ReportPipeline: the same drafts, forced drafts, states,
+    references and numbers as the code before the tensor-model / pipeline split gave."""
+    golden = json.loads(GOLDEN.read_text())[weights]
+    reporter = ReportPipeline.from_pretrained(weights)
+    for name, expected in golden.items():
+        xray = read_xray(EXAMPLES / name)
+        report = reporter([xray], max_map_side=64)[0]
+        forced = reporter([xray], max_map_side=64, states=[{"Pleural Effusion": "positive"}])[0]
+        assert hashlib.sha256(report.text.encode()).hexdigest() == expected["text_sha256"], (name, report.text)
+        assert hashlib.sha256(forced.text.encode()).hexdigest() == expected["forced_text_sha256"], (name, forced.text)
+        assert report.states == expected["states"]
+        assert [r.study_id for r in report.references] == expected["references"]
+        assert np.allclose([r.distance for r in report.references], expected["distances"], atol=1e-4)
+        p = {f["observation"]: f["p_positive"] for f in report.findings()}
+        assert np.allclose([p[o] for o in expected["p_positive"]], list(expected["p_positive"].values()), atol=1e-4)
+        assert report.input_check.ood_score == pytest.approx(expected["ood_score"], abs=1e-3)

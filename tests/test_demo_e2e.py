@@ -150,7 +150,7 @@ def test_unavailable_hub_weights_stop_the_start_with_one_sentence(capsys):
 def test_the_embedded_default_weights_load_with_no_flags():
     named_weights("synthcxr")  # the embedded default is there (WeightsUnavailable otherwise)
     loaded = service.load()
-    assert loaded.weights_id == "embedded default (assets/weights/synthcxr)"
+    assert loaded.weights_id == "embedded default (synthcxr)"
     assert loaded.texts_note is None, "SynthCXR reports are ours to ship, so the default index holds its texts"
     assert loaded.card != "no model card"
     assert loaded.maps_note == service.GROUNDED_MAPS  # the default's maps are mask-supervised

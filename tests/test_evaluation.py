@@ -12,6 +12,7 @@ from scipy.stats import mannwhitneyu
 from rrg_core.datasets import load_split
 from rrg_core.evaluation import auroc, diagnosis_auroc, diagnosis_logits, evaluate
 from rrg_core.observations import OBSERVATIONS, State
+from rrg_core.pipeline import ReportPipeline
 from train.evaluate import diagnosis_table
 
 
@@ -65,7 +66,7 @@ def test_evaluate_reports_the_heads_auroc_on_a_tiny_model(tmp_path) -> None:
     from the head's own output on the same studies, it must agree."""
     model, _ = tiny_model()
     studies = load_split(write_tiny_dataset(tmp_path / "data"), "all")
-    result = evaluate(model, studies, progress=False)["diagnosis"]["auroc"]
+    result = evaluate(ReportPipeline(model), studies, progress=False)["diagnosis"]["auroc"]
 
     logits, states = diagnosis_logits(model, studies)
     p_positive = model.diagnosis.decide(logits, model.config.decision_adjustment)[0][..., State.POSITIVE]
