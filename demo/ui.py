@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from starlette.middleware import Middleware
 import numpy as np
+from starlette.middleware import Middleware
 
 from rrg_core.xray_io import UnreadableImage
 

@@ -6,8 +6,8 @@ of label vectors and of the prompt tokens).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
-from typing import Mapping, Sequence
 
 OBSERVATIONS: tuple[str, ...] = (
     "Enlarged Cardiomediastinum",

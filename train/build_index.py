@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> Path:
     index = build_index(model, batches, keep_texts=not args.no_texts)
     out = Path(args.out or args.weights)
     index.save(out)
-    print(f"indexed {len(index)} studies from {args.data} [{args.split}] into {out} (texts {'kept' if index.texts else 'dropped'})")
+    texts = "kept" if index.texts else "dropped"
+    print(f"indexed {len(index)} studies from {args.data} [{args.split}] into {out} (texts {texts})")
     return out
 
 
