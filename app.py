@@ -27,9 +27,9 @@ import sys
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported anywhere
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     env = os.environ.get
-    parser = argparse.ArgumentParser(description="REVTAF chest X-ray report draft: the web demo.")
+    parser = argparse.ArgumentParser(prog=prog, description="REVTAF chest X-ray report draft: the web demo.")
     parser.add_argument("--weights", default=env("RRG_WEIGHTS"),
                         help="ORG/REPO[@REVISION] on the Hugging Face Hub or a local folder (default: the embedded "
                              "SynthCXR weights; env RRG_WEIGHTS)")
@@ -71,8 +71,8 @@ def _stop(signum: int, frame) -> None:
     raise KeyboardInterrupt  # Gradio closes its server on it; main's finally deletes the files
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     from demo import memory
 
     memory.tune()  # before any thread or large array
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         check_folder_config(args.weights)  # a broken config.json is refused before torch is imported
     except ValueError as err:
         return _cannot_start(err)
-    from demo import service, storage  # and a broken weights folder before gradio is
-    from demo import review_setup
+    from demo import review_setup, service, storage  # and a broken weights folder before gradio is
 
     try:
         loading = service.Loading(args.weights, args.reference_data)  # locates the weights; no torch yet

@@ -33,6 +33,7 @@ from rrg_core.phantoms import phantoms_or_split
 from rrg_core.pipeline import ReportPipeline
 from rrg_core.report_text import normalize_report, split_sentences, to_prose
 from rrg_core.study_dataset import read_masks, study_loader
+from train.options import add_data_options
 
 FORCED = ("Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Opacity", "Atelectasis", "Edema", "Support Devices")
 ONE_SIDED = 0.9  # a mask with at least this share on one side of the image lies on that side
@@ -89,9 +90,7 @@ def forced_following(reporter: ReportPipeline, studies, dataset: str) -> dict[st
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", default=None)
-    parser.add_argument("--data")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--dataset", default="iu_xray", choices=["iu_xray", "mimic_cxr"])
+    add_data_options(parser, split="test", required=False)
     parser.add_argument("--phantoms", type=int, default=0)
     parser.add_argument("--phantom-seed", type=int, default=7)
     parser.add_argument("--limit", type=int, default=None)

@@ -43,6 +43,36 @@ def timed(fn, repeats: int = 2) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def preset_row(name: str, tokenizer, batch_size: int, max_tokens: int) -> str:
+    """One preset's table row: its size, train-step times and generation time."""
+    config = REVTAFConfig.preset(name, vocab_size=len(tokenizer), backbone_hub_id=None, text_hub_id=None,
+                                 decoder_hub_id=None, top_k=3)
+    torch.manual_seed(0)
+    model = REVTAF(config, tokenizer)
+    batch = batch_for(config, tokenizer, batch_size)
+    model.index = build_index(model, [batch])
+    params = sum(p.numel() for p in model.parameters())
+    masks = torch.zeros(batch_size, N_FINDING_PROMPTS, config.image_size, config.image_size)
+    masks[..., : config.image_size // 2, :] = 1  # every finding in the upper half
+
+    def step(image_only: bool = False, grounded: bool = False):
+        model.config.grounding_weight = float(grounded)
+        model.zero_grad()
+        model({**batch, "masks": masks} if grounded else batch, image_only=image_only)["loss"].backward()
+
+    repeats = {"paper": 1, "small": 3}.get(name, 10)
+    train_s = timed(step, repeats)
+    warmup_s = timed(lambda: step(image_only=True), repeats)
+    grounded_s = timed(lambda: step(grounded=True), repeats)
+    model.eval()
+    tokens = min(max_tokens, config.max_report_tokens)
+    reporter = ReportPipeline(model)
+    gen_s = timed(lambda: reporter.generate(batch["images"], num_beams=3, min_new_tokens=tokens,
+                                            max_new_tokens=tokens), repeats=1)
+    return (f"| {name} | {params / 1e6:.1f} M | {train_s:.2f} s | {warmup_s:.2f} s | {train_s / warmup_s:.1f}x "
+            f"| {grounded_s / train_s:.2f}x | {gen_s:.2f} s |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"])
@@ -56,32 +86,7 @@ def main() -> None:
           f"| with grounding loss / without | generate, batch {args.batch}, beam 3, {args.tokens} tokens |\n"
           "| --- | --- | --- | --- | --- | --- | --- |")
     for name in args.presets:
-        config = REVTAFConfig.preset(name, vocab_size=len(tokenizer), backbone_hub_id=None, text_hub_id=None,
-                                     decoder_hub_id=None, top_k=3)
-        torch.manual_seed(0)
-        model = REVTAF(config, tokenizer)
-        batch = batch_for(config, tokenizer, args.batch)
-        model.index = build_index(model, [batch])
-        params = sum(p.numel() for p in model.parameters())
-        masks = torch.zeros(args.batch, N_FINDING_PROMPTS, config.image_size, config.image_size)
-        masks[..., : config.image_size // 2, :] = 1  # every finding in the upper half
-
-        def step(image_only: bool = False, grounded: bool = False):
-            model.config.grounding_weight = float(grounded)
-            model.zero_grad()
-            model({**batch, "masks": masks} if grounded else batch, image_only=image_only)["loss"].backward()
-
-        repeats = {"paper": 1, "small": 3}.get(name, 10)
-        train_s = timed(step, repeats)
-        warmup_s = timed(lambda: step(image_only=True), repeats)
-        grounded_s = timed(lambda: step(grounded=True), repeats)
-        model.eval()
-        tokens = min(args.tokens, config.max_report_tokens)
-        reporter = ReportPipeline(model)
-        gen_s = timed(lambda: reporter.generate(batch["images"], num_beams=3, min_new_tokens=tokens,
-                                                max_new_tokens=tokens), repeats=1)
-        print(f"| {name} | {params / 1e6:.1f} M | {train_s:.2f} s | {warmup_s:.2f} s | {train_s / warmup_s:.1f}x "
-              f"| {grounded_s / train_s:.2f}x | {gen_s:.2f} s |", flush=True)
+        print(preset_row(name, tokenizer, args.batch, args.tokens), flush=True)
 
 
 if __name__ == "__main__":

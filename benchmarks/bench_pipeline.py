@@ -116,51 +116,58 @@ class Stopwatch:
             name, self.seconds[name] + time.perf_counter() - starts.pop()))
 
 
+REST = "rest of the model (MPSA, LRE, diagnosis, faithful drafts)"
+INNER = ("visual encoder", "text encoder", "retrieval search", "decoder generate", "map upsampling")
+
+
 def stages(cases: dict, repeats: int) -> None:
-    import rrg_core.model
-    from demo import rendering, service, ui
+    from demo import service
 
     print(f"\n## Stages of one request (ms, medians of {repeats}; this tree, {service.REQUEST_THREADS} thread)\n")
-    rows: dict[str, dict[str, float]] = {}
-    for name, (weights, paths) in cases.items():
-        loaded = service.load(weights)
-        model, watch = loaded.reporter.model, Stopwatch()
-        frontal, lateral = (paths + [None])[:2]
-        watch.hook(model.visual, "visual encoder")
-        watch.hook(model.text, "text encoder")
-        watch.wrap(model.index, "search", "retrieval search")
-        watch.wrap(model.decoder, "generate", "decoder generate")
-        watch.wrap(rrg_core.model, "upsample_maps", "map upsampling")
-
-        def request() -> dict[str, float]:
-            watch.seconds.clear()
-            with watch.part("end to end"):
-                with watch.part("read"):
-                    views = service.read_views(frontal, lateral, lambda path: Path(path).read_bytes())
-                with watch.part("model"):
-                    done = service.generate(loaded, views, beams=model.config.num_beams,
-                                            max_length=model.config.max_new_tokens)
-                with watch.part("session copy and tables"):
-                    shown = service.evidence(done)
-                    rendering.findings_table(done.report), rendering.references_table(done.report)
-                    choices = rendering.heatmap_choices(shown.report)
-                with watch.part(f"{GALLERY} overlays"):
-                    for _, index in choices[:GALLERY]:
-                        ui._render(shown, index)
-            return dict(watch.seconds)
-
-        request()
-        runs = [request() for _ in range(repeats)]
-        medians = {part: 1000 * statistics.median(run[part] for run in runs) for part in runs[0]}
-        inner = ("visual encoder", "text encoder", "retrieval search", "decoder generate", "map upsampling")
-        medians["rest of the model (MPSA, LRE, diagnosis, faithful drafts)"] = medians["model"] - sum(medians.get(p, 0) for p in inner)
-        rows[name] = medians
-    order = ["read", "visual encoder", "text encoder", "retrieval search",
-             "rest of the model (MPSA, LRE, diagnosis, faithful drafts)", "decoder generate", "map upsampling", "session copy and tables",
-             f"{GALLERY} overlays", "end to end"]
+    rows = {name: stage_medians(weights, paths, repeats) for name, (weights, paths) in cases.items()}
+    order = ["read", "visual encoder", "text encoder", "retrieval search", REST, "decoder generate", "map upsampling",
+             "session copy and tables", f"{GALLERY} overlays", "end to end"]
     print("| stage | " + " | ".join(rows) + " |\n| --- |" + " --- |" * len(rows))
     for part in order:
         print(f"| {part} | " + " | ".join(f"{r.get(part, 0):.0f}" for r in rows.values()) + " |")
+
+
+def stage_medians(weights: str, paths: list[str], repeats: int) -> dict[str, float]:
+    """Milliseconds per stage of one case's request, medians of ``repeats`` after a warm-up."""
+    import rrg_core.model
+    from demo import rendering, service, ui
+
+    loaded = service.load(weights)
+    model, watch = loaded.reporter.model, Stopwatch()
+    frontal, lateral = (paths + [None])[:2]
+    watch.hook(model.visual, "visual encoder")
+    watch.hook(model.text, "text encoder")
+    watch.wrap(model.index, "search", "retrieval search")
+    watch.wrap(model.decoder, "generate", "decoder generate")
+    watch.wrap(rrg_core.model, "upsample_maps", "map upsampling")
+
+    def request() -> dict[str, float]:
+        watch.seconds.clear()
+        with watch.part("end to end"):
+            with watch.part("read"):
+                views = service.read_views(frontal, lateral, lambda path: Path(path).read_bytes())
+            with watch.part("model"):
+                done = service.generate(loaded, views, beams=model.config.num_beams,
+                                        max_length=model.config.max_new_tokens)
+            with watch.part("session copy and tables"):
+                shown = service.evidence(done)
+                rendering.findings_table(done.report), rendering.references_table(done.report)
+                choices = rendering.heatmap_choices(shown.report)
+            with watch.part(f"{GALLERY} overlays"):
+                for _, index in choices[:GALLERY]:
+                    ui._render(shown, index)
+        return dict(watch.seconds)
+
+    request()
+    runs = [request() for _ in range(repeats)]
+    medians = {part: 1000 * statistics.median(run[part] for run in runs) for part in runs[0]}
+    medians[REST] = medians["model"] - sum(medians.get(p, 0) for p in INNER)
+    return medians
 
 
 def end_to_end(tree: Path, cases: dict, repeats: int, threads: int) -> dict[str, list[float]]:

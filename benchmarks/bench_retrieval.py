@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from rrg_core import reference_index
-from rrg_core.hyperbolic import make_ball
 from rrg_core.hub import named_weights
+from rrg_core.hyperbolic import make_ball
 from rrg_core.reference_index import ReferenceIndex
 
 N_REFERENCES, K, CURVATURE, DIM = 270_790, 21, 0.01, 128
@@ -114,8 +114,8 @@ def exact_at_mimic_scale(generator: torch.Generator) -> None:
     for batch in BATCHES:
         queries = random_points(batch, DIM, generator)
         raw = queries.numpy()
-        fns = {"flat": lambda: raw_search(raw)}
-        fns |= {m: (lambda m=m: index.search(queries, K, metric=m)) for m in reference_index.METRICS}
+        fns = {"flat": lambda raw=raw: raw_search(raw)}
+        fns |= {m: (lambda m=m, queries=queries: index.search(queries, K, metric=m)) for m in reference_index.METRICS}
         ms = medians_ms(fns)
         same = torch.equal(index.search(queries, K)[1].sort(-1).values, brute_force_top_k(index, queries).sort(-1).values)
         print(f"| {batch} | {ms['flat']:.1f} | {ms['hyperbolic']:.1f} | {ms['cosine']:.1f} | {ms['euclidean']:.1f} "

@@ -10,6 +10,7 @@ outlive its use.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -147,7 +148,5 @@ def _digest(data: bytes) -> str:
 def _remove_empty(folder: Path, root: Path) -> None:
     """Gradio puts each upload in a folder of its own: remove it once empty."""
     if folder != root:
-        try:
+        with contextlib.suppress(OSError):  # not empty, or already gone
             folder.rmdir()
-        except OSError:  # not empty, or already gone
-            pass

@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from starlette.middleware import Middleware
 import numpy as np
+from starlette.middleware import Middleware
 
+from rrg_core.hub import ASSETS
 from rrg_core.xray_io import UnreadableImage
 
 from . import guard, memory, rendering, service, storage
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
+EXAMPLES_DIR = ASSETS / "examples"
 # The upload boxes take any file: DICOM from a PACS often has no extension (read_xray tells the
 # formats apart by content and explains any file it cannot read), so Gradio must not filter by name.
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")

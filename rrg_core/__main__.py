@@ -1,10 +1,12 @@
-"""Command line: draft reports for X-ray files in a batch, or label report texts.
+"""Command line (``rrg``, installed with the package, or ``python -m rrg_core``): draft reports for
+X-ray files in a batch, label report texts, make phantoms, start the demo.
 
-    python -m rrg_core report FILE... [--weights ORG/REPO[@REV] | FOLDER] [--reference-data DIR]
-                                      [--json] [--beams N] [--max-length N] [--no-maps]
-                                      [--state OBSERVATION=STATE ...]
-    python -m rrg_core label REPORTS.{json,csv} [--column report] [--id-column id]
-    python -m rrg_core review-export DB --out DIR [--bootstrap N] [--seed S]   (see rrg_core.reader_stats)
+    rrg report FILE... [--weights ORG/REPO[@REV] | FOLDER] [--reference-data DIR]
+                       [--json] [--beams N] [--max-length N] [--no-maps] [--state OBSERVATION=STATE ...]
+    rrg label REPORTS.{json,csv} [--column report] [--id-column id]
+    rrg review-export DB --out DIR [--bootstrap N] [--seed S]   (see rrg_core.reader_stats)
+    rrg phantoms ...   (the options of python -m rrg_core.phantoms)
+    rrg demo ...       (the options of python app.py; needs the demo extra: gradio)
 
 Each file is one study (one view). With ``--json`` each file gives one line holding a JSON object
 {"file", "report", "findings", "references", "overrides", "consistency", the input gate's fields
@@ -20,13 +22,19 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .observations import OBSERVATIONS, STATE_NAMES, State
 from .outputs import strict_json
 
 TEXT_REFERENCES = 3
+# Subcommands whose options their own parsers define.
+FORWARDED = {
+    "phantoms": "generate SynthCXR phantoms or a contact sheet (rrg phantoms --help)",
+    "demo": "start the Gradio web demo, as python app.py does (rrg demo --help)",
+}
 # --no-maps: the maps are sampled at a single pixel (nothing to upsample) and dropped.
 NO_MAP_SIDE = 1
 
@@ -52,7 +60,7 @@ def _state_override(value: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rrg_core", description="REVTAF radiology report generation.")
+    parser = argparse.ArgumentParser(prog="rrg", description="REVTAF radiology report generation.")
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("report", help="draft a report for each X-ray file (PNG, JPEG, TIFF, BMP, WebP, DICOM)")
     report.add_argument("files", nargs="+", metavar="FILE")
@@ -78,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV, summary and figures")
     export.add_argument("--bootstrap", type=_positive_int, default=2000, help="bootstrap resamples (default 2000)")
     export.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    for name, summary in FORWARDED.items():  # listed here; main hands them their arguments
+        commands.add_parser(name, help=summary, add_help=False)
     return parser
 
 
@@ -168,6 +178,24 @@ def _gate_warning(record: dict[str, Any]) -> str:
             f"{record['ood_score']:.2f} > threshold {record['ood_threshold']:.2f}): the draft is not meaningful")
 
 
+def _forwarded_main(command: str, parser: argparse.ArgumentParser) -> Callable[..., int]:
+    """The main function of the phantom generator or of the demo; the demo is no part of rrg_core, so
+    without it (or without gradio) the command ends with one sentence."""
+    if command == "phantoms":
+        from .phantoms.__main__ import main as phantoms_main
+
+        return phantoms_main
+    from importlib.util import find_spec
+
+    missing = [name for name in ("gradio", "demo", "app") if find_spec(name) is None]
+    if missing:
+        parser.exit(2, f"{parser.prog}: error: {parser.prog} demo needs the web demo, which is not installed here "
+                       f"({', '.join(missing)} missing): pip install 'rrg-core[demo]'\n")
+    from app import main as demo_main
+
+    return demo_main
+
+
 def _map_side(right: float | None) -> str:
     """Where the finding's frontal map lies, to check the text's side against."""
     if right is None:
@@ -178,6 +206,9 @@ def _map_side(right: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in FORWARDED:
+        return _forwarded_main(argv[0], parser)(argv[1:], prog=f"{parser.prog} {argv[0]}")
     args = parser.parse_args(argv)
     if args.command == "label":
         try:

@@ -51,7 +51,7 @@ class Calibration:
         return np.stack([self.calibrate(o, p[:, i]) for i, o in enumerate(OBSERVATIONS)], axis=1)
 
     @classmethod
-    def fit(cls, p: np.ndarray, positive: np.ndarray, fitted_on: str) -> "Calibration":
+    def fit(cls, p: np.ndarray, positive: np.ndarray, fitted_on: str) -> Calibration:
         """p [N, 14] raw P(positive), positive [N, 14] bool truth (validation data)."""
         return cls({o: _platt(p[:, i], positive[:, i]) for i, o in enumerate(OBSERVATIONS)}, fitted_on)
 
@@ -63,7 +63,7 @@ class Calibration:
         return path
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "Calibration | None":
+    def load(cls, folder: str | os.PathLike) -> Calibration | None:
         """The folder's calibration, None where it has none; ValueError (one sentence) if unreadable."""
         path = Path(folder) / CALIBRATION_NAME
         if not path.is_file():

@@ -32,7 +32,7 @@ def stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Each tensor's shape from the safetensors header alone: no weight is read yet."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a handle, not a dict)
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
 
@@ -58,7 +58,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     make every report empty)."""
     tensors, broken = {}, []
     with safe_open(str(path), framework="pt") as f:
-        for k in f.keys():
+        for k in f.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
             tensors[k] = f.get_tensor(k)
             if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all():
                 broken.append(k)

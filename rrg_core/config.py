@@ -123,7 +123,7 @@ class REVTAFConfig:
 
     # ---- presets ------------------------------------------------------------------------------
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "REVTAFConfig":
+    def preset(cls, name: str, **overrides: Any) -> REVTAFConfig:
         """``tiny`` (tests, seconds on CPU), ``small`` (CPU-trainable default), ``paper`` (ResNet-101, BERT-base)."""
         try:
             base = PRESETS[name]
@@ -136,7 +136,7 @@ class REVTAFConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "REVTAFConfig":
+    def from_dict(cls, data: dict[str, Any]) -> REVTAFConfig:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(
@@ -156,7 +156,7 @@ class REVTAFConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "REVTAFConfig":
+    def load(cls, path: str | Path) -> REVTAFConfig:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:

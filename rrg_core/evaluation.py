@@ -8,7 +8,7 @@ says it), retrieval (label agreement of the top-1 reference) and, on datasets wi
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,12 +28,11 @@ from .metrics import (
     retrieval_metrics,
 )
 from .model import REVTAF
-from .pipeline import ReportPipeline
 from .observations import OBSERVATIONS, State, labels_to_states
+from .pipeline import ReportPipeline
 from .prompts import FINDING_PROMPTS
 from .report_text import normalize_report
 from .study_dataset import read_masks, study_loader
-
 
 POINTING_TOLERANCE_PX = 15
 # Below this many positives an observation's AUROC is too noisy to enter the mean.

@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -84,7 +85,7 @@ def image_statistics(pixels: Tensor) -> Tensor:
     ], dim=1)
 
 
-def gate_features(model: "REVTAF", images: Tensor, encoded: "Encoding") -> tuple[Tensor, Tensor]:
+def gate_features(model: REVTAF, images: Tensor, encoded: Encoding) -> tuple[Tensor, Tensor]:
     """(statistics of the frontal view [B, S], all features [B, F]) of a batch the model encoded."""
     c = model.config
     frontal = (images[:, 0, 0].float() * c.image_std + c.image_mean).clamp(0, 1)
@@ -106,7 +107,7 @@ class Observation:
 
 
 @torch.no_grad()
-def observe(model: "REVTAF", images: Tensor) -> Observation:
+def observe(model: REVTAF, images: Tensor) -> Observation:
     """Run the image side, retrieval and diagnosis (no decoder) on a batch [B, V, 1, H, W]."""
     encoding = model.encode(images)
     diagnosis = model.diagnose(encoding)
@@ -176,7 +177,7 @@ class Gate:
         quantile: float = 0.98,
         max_components: int = 48,
         explained: float = 0.95,
-    ) -> "Gate":
+    ) -> Gate:
         """``fit``: in-distribution studies for the feature distribution; ``held_out``: other
         in-distribution studies for the threshold (its ``quantile`` of their scores), the distance
         scale and the refusal cutoff (at most 0.5 % of them refused); ``negative_stats``: statistics
@@ -214,7 +215,7 @@ class Gate:
         (folder / GATE_JSON).write_text(json.dumps(scalars, indent=1) + "\n")
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, n_features: int) -> "Gate | None":
+    def load(cls, folder: str | os.PathLike, n_features: int) -> Gate | None:
         """The folder's gate; None where it has none (no gate.json); ValueError (one sentence)
         when the files are damaged or were fitted for a different model."""
         folder = Path(folder)
@@ -242,7 +243,7 @@ class Gate:
         return gate
 
 
-def n_gate_features(model: "REVTAF") -> int:
+def n_gate_features(model: REVTAF) -> int:
     """How many features the gate of ``model`` reads."""
     entity = len(model.config.prompts) if model.entity_scores is not None else 0
     return len(STATISTICS) + model.config.d_model + entity

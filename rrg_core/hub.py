@@ -8,9 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Weights shipped with the package, by name: ``load_model("iu-xray-small")``. In a source checkout
-# they are the repository's assets/weights; an installed package carries them as package data.
-WEIGHTS_ROOTS = (Path(__file__).resolve().parents[1] / "assets" / "weights",)
+# Weights and example films shipped with the package: installed, the package data
+# site-packages/rrg_core/assets (pyproject.toml maps it onto assets/); in a source checkout,
+# the repository's assets/. Named weights load as ``load_model("iu-xray-small")``.
+ASSETS = next((root for root in (Path(__file__).resolve().parent / "assets", Path(__file__).resolve().parents[1] / "assets")
+               if root.is_dir()), Path(__file__).resolve().parents[1] / "assets")
+WEIGHTS_ROOTS = (ASSETS / "weights",)
 NAMED_WEIGHTS = ("synthcxr", "iu-xray-small")
 DEFAULT_NAME = "synthcxr"  # embedded, offline
 
@@ -60,7 +63,12 @@ def resolve_weights(
     repo_id, spec_revision = parse_weights_spec(str(spec))
     revision = revision or spec_revision
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     where = f"{repo_id}@{revision}" if revision else repo_id
     try:

@@ -1,7 +1,7 @@
 """Building the reference index of a training set with the current model."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

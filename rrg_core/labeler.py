@@ -184,7 +184,8 @@ _PRE_UNCERTAIN_AFTER = _rx(rf"""(?:{_COPULA})?(?:cannot|can\ not|could\ not|may\
                                 | (?:poorly|incompletely)\ (?:seen|visualized|evaluated|assessed)""")
 # Negation before a mention reaches over the clause ("no focal consolidation, pleural
 # effusion, or pneumothorax"); "no (interval) change / progression of" says nothing about presence.
-_NEGATION_BEFORE = _rx(r"""\b(?:no|without)\b(?!\ (?:\w+\ )?(?:change|progression|increase|growth|worsening)) | \bnot\b | \bnor\b | \bneither\b | \bfree\ of
+_NEGATION_BEFORE = _rx(r"""\b(?:no|without)\b(?!\ (?:\w+\ )?(?:change|progression|increase|growth|worsening))
+                           | \bnot\b | \bnor\b | \bneither\b | \bfree\ of
                            | \bclear(?:ing)?\ of | \bnegative\ for | \babsence\ of | \bresolution\ of | \bresolved\b
                            | \bremoval\ of | \bremoved\b | \bhistory\ of | \brather\ than | \bexclude[sd]?\b""")
 # ... but "normal" only reaches over its own phrase ("normal heart size and mediastinal contours").
@@ -207,7 +208,8 @@ _HEDGE_BEFORE = _rx(r"""\bpossibl[ey]\b | \bprobabl[ey]\b | \b(?:un)?likely\b | 
 # IU X-Ray's de-identification masked every "likely" as "XXXX" (the word never occurs there):
 # "opacities in the lung bases, XXXX subsegmental atelectasis", "XXXX representing atelectasis".
 # Only where "likely" is the reading; "XXXX atelectasis" alone stays what it says.
-_MASKED_LIKELY = _rx(r"(?<!mild)(?<!minimal),\ *xxxx\ (?:\w+\ ){0,2}$ | \bxxxx\ (?:to\ )?(?:represent|reflect)\w* | \bmost\ xxxx\b")
+_MASKED_LIKELY = _rx(r"""(?<!mild)(?<!minimal),\ *xxxx\ (?:\w+\ ){0,2}$ | \bxxxx\ (?:to\ )?(?:represent|reflect)\w*
+                         | \bmost\ xxxx\b""")
 # "or" hedges only the phrase it joins: "atelectasis or pneumonia".
 _HEDGE_BEFORE_IN_PHRASE = _rx(r"\bor\b")
 _HEDGE_AFTER = _rx(rf"""{_COPULA}(?:\w+ly\ )?(?:possible|likely|suspected|questioned|probable|favou?red|considered

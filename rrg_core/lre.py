@@ -97,7 +97,8 @@ class LearnableRetrievalEnhancer(nn.Module):
 
     def ranking_loss(self, embeddings: Tensor, states: Tensor) -> Tensor:
         """Cross-entropy over negative hyperbolic distances to the other batch samples, with the
-        nearest-label neighbour(s) as the target (DESIGN.md section 2, item 3)."""
+        nearest-label neighbour(s) as the target: the ranking objective of the REVTAF paper's LRE
+        (ICCV 2025, cited at the top of the README)."""
         if embeddings.shape[0] < 2:
             return embeddings.sum() * 0.0
         logits = -pairwise_distance(embeddings, embeddings, self.ball)

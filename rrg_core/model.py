@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -159,13 +159,13 @@ class REVTAF(
         the text side changes (every in-place update bumps a tensor's version counter)."""
         parts = [*self.text.parameters(), *([self.prompt_offsets] if self.prompt_offsets is not None else [])]
         version = sum(p._version for p in parts)
-        if not self.training and not torch.is_grad_enabled() and self._prompt_cache is not None:
-            if self._prompt_cache[0] == version:
-                return self._prompt_cache[1]
+        cacheable = not self.training and not torch.is_grad_enabled()
+        if cacheable and self._prompt_cache is not None and self._prompt_cache[0] == version:
+            return self._prompt_cache[1]
         prompts = self.text(self.config.prompts)
         if self.prompt_offsets is not None:
             prompts = prompts + self.prompt_offsets
-        self._prompt_cache = (version, prompts.detach()) if not self.training and not torch.is_grad_enabled() else None
+        self._prompt_cache = (version, prompts.detach()) if cacheable else None
         return prompts
 
     def retrieve(self, query: Tensor, exclude_ids: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
@@ -329,7 +329,7 @@ class REVTAF(
         texts_from: dict[str, str] | None = None,
         load_index: bool = True,
         device: str | torch.device = "cpu",
-    ) -> "REVTAF":
+    ) -> REVTAF:
         """Load a weights folder: a name (``"synthcxr"``, the default, or ``"iu-xray-small"``), a
         local folder, or ``ORG/REPO[@REVISION]`` on the Hub (only the folder's own files are
         fetched; nothing else is downloaded). ``texts_from`` attaches report texts (id -> text)
@@ -349,7 +349,7 @@ class REVTAF(
     def _from_pretrained(
         cls, *, model_id: str, config: REVTAFConfig, texts_from: dict[str, str] | None, load_index: bool,
         device: str | torch.device, **_: object,
-    ) -> "REVTAF":
+    ) -> REVTAF:
         folder = Path(model_id)
         try:
             tokenizer = load_tokenizer(folder)

@@ -10,15 +10,18 @@ on another (and on real images found at run time, ``benchmarks/bench_gate.py``).
 from __future__ import annotations
 
 import io
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .xray_io import XRay, read_xray
 
-WORDS = ("invoice total amount due date patient name account number payment terms item quantity price tax "
-         "the of and to in is for on with as by at from report summary page table figure results method").split()
+WORDS = (
+    "invoice", "total", "amount", "due", "date", "patient", "name", "account", "number", "payment", "terms", "item",
+    "quantity", "price", "tax", "the", "of", "and", "to", "in", "is", "for", "on", "with", "as", "by", "at", "from",
+    "report", "summary", "page", "table", "figure", "results", "method",
+)
 
 
 def _size(rng: np.random.Generator) -> tuple[int, int]:
@@ -66,7 +69,7 @@ def chart(rng: np.random.Generator) -> Image.Image:
     draw = ImageDraw.Draw(img)
     left, bottom = int(0.12 * w), int(0.88 * h)
     draw.line([(left, 10), (left, bottom), (w - 10, bottom)], fill=(0, 0, 0), width=2)
-    for k in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, 5))):
         xs = np.linspace(left, w - 10, 50)
         ys = bottom - (0.1 + 0.7 * np.abs(np.cumsum(rng.normal(0, 1, 50))) / 10 % 1) * (bottom - 10)
         if rng.random() < 0.3:
@@ -141,7 +144,8 @@ def fundus(rng: np.random.Generator) -> Image.Image:
     img = Image.new("RGB", (side, side), (0, 0, 0))
     draw = ImageDraw.Draw(img)
     margin = int(side * 0.05)
-    draw.ellipse([margin, margin, side - margin, side - margin], fill=(int(rng.integers(150, 230)), int(rng.integers(50, 100)), 20))
+    draw.ellipse([margin, margin, side - margin, side - margin],
+                 fill=(int(rng.integers(150, 230)), int(rng.integers(50, 100)), 20))
     ox, oy = side * rng.uniform(0.3, 0.7), side * rng.uniform(0.4, 0.6)
     for _ in range(int(rng.integers(4, 9))):
         points, angle = [(ox, oy)], rng.uniform(0, 2 * np.pi)

@@ -6,8 +6,8 @@ of label vectors and of the prompt tokens).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
-from typing import Mapping, Sequence
 
 OBSERVATIONS: tuple[str, ...] = (
     "Enlarged Cardiomediastinum",
@@ -98,7 +98,7 @@ def states_to_labels(states: Sequence[int]) -> dict[str, int | None]:
 
 
 def group_of(observation: str) -> str:
-    """'head' or 'tail' (DESIGN.md section 3)."""
+    """'head' or 'tail', as in the paper's supplementary Table 4 (HEAD and TAIL above)."""
     if observation in HEAD:
         return "head"
     if observation in TAIL:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ class ReportPipeline:
         token: str | bool | None = None,
         force_download: bool = False,
         **kwargs,
-    ) -> "ReportPipeline":
+    ) -> ReportPipeline:
         """The model (see :meth:`REVTAF.from_pretrained` for ``weights`` and ``kwargs``) with the
         folder's decision rule, gate and calibration, where it has them."""
         folder = resolve_weights(weights, revision=revision, cache_dir=cache_dir, token=token,

@@ -1,7 +1,8 @@
 """From an X-ray's pixels to the model's input tensor, and from token-grid maps back to the image."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ def prepare_image(pixels: np.ndarray, size: int, mean: float = 0.5, std: float =
     return ((image[0] - mean) / std).float()
 
 
-def prepare_study(views: Sequence[object], config: "REVTAFConfig") -> Tensor:
+def prepare_study(views: Sequence[object], config: REVTAFConfig) -> Tensor:
     """One study's views (XRay objects or float H x W arrays) -> [V, 1, S, S], frontal first. A
     one-view study given to a two-view model repeats its view (the model then reads it twice)."""
     arrays = [getattr(v, "pixels", v) for v in views]

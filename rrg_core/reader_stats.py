@@ -116,7 +116,7 @@ def summarise(judgments: list[dict[str, Any]], comparisons: list[dict[str, Any]]
         studies = _grouped(rows, key=lambda r: r["study_id"])
         clusters = list(studies.values())
 
-        def ci(value) -> dict[str, float]:
+        def ci(value, clusters=clusters) -> dict[str, float]:  # this label's clusters
             return bootstrap_mean([[value(r) for r in c] for c in clusters], n_boot, seed)
 
         by_weights[label] = {

@@ -281,7 +281,7 @@ class ReaderStudy:
         with self._connect() as db:
             rows = db.execute(f"SELECT {_DRAFT_COLUMNS}, t.* FROM {task} t JOIN drafts d ON d.id = t.draft_id "
                               "ORDER BY t.saved_at, t.rowid").fetchall()
-        return [{k: row[k] for k in row.keys() if k != "draft_id"} for row in rows]
+        return [{k: v for k, v in dict(row).items() if k != "draft_id"} for row in rows]
 
     def _saved(self, task: str, draft: Draft, reviewer: str) -> sqlite3.Row | None:
         with self._connect() as db:

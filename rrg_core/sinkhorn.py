@@ -69,16 +69,17 @@ def log_sinkhorn(
         log_k = torch.where(valid, -cost.to(work) / epsilon, 0.0)
         log_a = -rows.sum(-1, keepdim=True).clamp_min(1).to(work).log()
         log_b = -cols.sum(-1, keepdim=True).clamp_min(1).to(work).log()
-        v = torch.where(cols, 0.0, masked)  # u is first set by iteration 0 (max_iter >= 1)
+        v = torch.where(cols, 0.0, masked)
+        row_lse = torch.logsumexp(log_k + v.unsqueeze(-2), dim=-1)
         n_iter = max_iter
-        for it in range(max_iter):
-            row_lse = torch.logsumexp(log_k + v.unsqueeze(-2), dim=-1)
-            if it and it % _CHECK_EVERY == 0 and _row_error(u + row_lse, log_a, rows) < tol:
-                n_iter = it
-                break
+        for done in range(1, max_iter + 1):
             u = torch.where(rows, log_a - row_lse, masked)
             col_lse = torch.logsumexp(log_k + u.unsqueeze(-1), dim=-2)
             v = torch.where(cols, log_b - col_lse, masked)
+            row_lse = torch.logsumexp(log_k + v.unsqueeze(-2), dim=-1)  # u + row_lse: the plan's log row sums
+            if done % _CHECK_EVERY == 0 and _row_error(u + row_lse, log_a, rows) < tol:
+                n_iter = done
+                break
         plan = torch.where(valid, torch.exp(log_k + u.unsqueeze(-1) + v.unsqueeze(-2)), 0.0)
     return SinkhornResult(plan.to(cost.dtype), n_iter)
 

@@ -6,7 +6,7 @@ the paper preset may name a Hub sentence encoder instead.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

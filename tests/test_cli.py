@@ -1,6 +1,8 @@
-"""The batch CLI: python -m rrg_core report FILE... (tiny model weights saved to a folder)."""
+"""The command line, rrg (python -m rrg_core): report FILE... (tiny model weights saved to a folder), label,
+and the phantoms and demo commands it hands on."""
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -14,8 +16,8 @@ from PIL import Image
 from rrg_core.__main__ import main
 from rrg_core.labeler import label_report
 from rrg_core.observations import OBSERVATIONS
-from rrg_core.preprocessing import MAX_MAP_SIDE
 from rrg_core.pipeline import ReportPipeline
+from rrg_core.preprocessing import MAX_MAP_SIDE
 from rrg_core.xray_io import read_xray
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,3 +207,61 @@ def test_label_command_writes_chexpert_csv(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1].startswith("x,,1,")
     with pytest.raises(SystemExit):
         main(["label", str(table)])  # no "report" column
+
+
+def _rrg():
+    """The function that pip's ``rrg`` script calls, as pyproject.toml names it."""
+    tomllib = pytest.importorskip("tomllib")
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["rrg"]
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_rrg_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _rrg()(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rrg ")
+    for command in ("report", "label", "review-export", "phantoms", "demo"):
+        assert f"\n    {command} " in out, command
+
+
+def test_rrg_label_gives_the_labelers_states(tmp_path, capsys):
+    text = "Mild cardiomegaly. Small right pleural effusion. No pneumothorax."
+    (tmp_path / "reports.csv").write_text(f"id,report\ns1,{text}\n")
+    assert _rrg()(["label", str(tmp_path / "reports.csv")]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    labels = label_report(text)
+    assert header == ",".join(["id", *OBSERVATIONS])
+    assert row == ",".join(["s1", *("" if labels[o] is None else str(labels[o]) for o in OBSERVATIONS)])
+    assert (labels["Cardiomegaly"], labels["Pleural Effusion"], labels["Pneumothorax"]) == (1, 1, 0)
+
+
+def test_rrg_phantoms_takes_the_generators_own_options(tmp_path, capsys):
+    assert _rrg()(["phantoms", "--out", str(tmp_path / "synth"), "--n", "2", "--size", "64"]) == 0
+    annotation = json.loads((tmp_path / "synth" / "annotation.json").read_text())
+    assert sum(len(entries) for entries in annotation.values()) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        _rrg()(["phantoms", "--n", "0", "--out", str(tmp_path / "none")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: rrg phantoms ") and "--n and --workers must be at least 1" in err
+
+
+def test_rrg_demo_takes_the_apps_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _rrg()(["demo", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rrg demo ") and "--weights" in out and "--review" in out
+
+
+def test_rrg_demo_without_gradio_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # what find_spec reports for a package that is not installed
+    with pytest.raises(SystemExit) as exit_info:
+        _rrg()(["demo", "--port", "7999"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("rrg: error: rrg demo needs the web demo, which is not installed here (gradio missing): "
+                   "pip install 'rrg-core[demo]'\n")

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import DynamicCache, EncoderDecoderCache
 from model_fixtures import tiny_model
+from transformers import DynamicCache, EncoderDecoderCache
 
 from rrg_core.decisions import DecisionRule, apply_overrides, coherent, fit_thresholds, micro_f1, parse_overrides
 from rrg_core.decoder import PREFIX_LENGTH

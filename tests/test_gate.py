@@ -15,9 +15,9 @@ from demo import service
 from rrg_core.__main__ import format_text
 from rrg_core.calibration import CALIBRATION_NAME, Calibration, expected_calibration_error
 from rrg_core.gate import COLOUR_REFUSAL, GATE_JSON, GATE_TENSORS, STATISTICS, Gate, image_statistics
+from rrg_core.hub import named_weights
 from rrg_core.negatives import KINDS, negatives
 from rrg_core.observations import OBSERVATIONS
-from rrg_core.hub import named_weights
 from rrg_core.phantoms import write_dataset
 from rrg_core.pipeline import ReportPipeline
 from rrg_core.xray_io import read_xray
@@ -242,7 +242,7 @@ def test_real_films_are_flagged_by_the_phantom_weights_and_pass_the_iu_weights(i
 
     studies = load_split(iu_xray_root, "test")[:6]
     films = [[read_xray(p) for p in s.image_paths[:2]] for s in studies]
-    phantom_weights, iu_weights = ReportPipeline.from_pretrained(WEIGHTS / "synthcxr"), ReportPipeline.from_pretrained(WEIGHTS / "iu-xray-small")
+    phantom_weights, iu_weights = (ReportPipeline.from_pretrained(name) for name in ("synthcxr", "iu-xray-small"))
     flagged = phantom_weights([f[:1] for f in films], max_new_tokens=5, min_new_tokens=1)
     assert all(r.out_of_distribution and r.input_check.radiograph for r in flagged)
     passed = iu_weights(films, max_new_tokens=5, min_new_tokens=1)

@@ -11,8 +11,8 @@ from model_fixtures import tiny_batch, tiny_model
 
 from rrg_core.config import REVTAFConfig
 from rrg_core.model import REVTAF
-from rrg_core.pipeline import ReportPipeline
 from rrg_core.observations import OBSERVATIONS
+from rrg_core.pipeline import ReportPipeline
 
 LOSS_TERMS = ("loss", "lm", "cls", "align", "rank", "entity")
 
@@ -23,7 +23,8 @@ def test_forward_returns_every_finite_loss_term():
     for term in LOSS_TERMS:
         assert torch.isfinite(losses[term]), term
     c = model.config
-    expected = losses["lm"] + c.cls_weight * losses["cls"] + c.beta * losses["align"] + c.alpha * losses["rank"] + losses["entity"]
+    expected = (losses["lm"] + c.cls_weight * losses["cls"] + c.beta * losses["align"] + c.alpha * losses["rank"]
+                + losses["entity"])
     assert torch.allclose(losses["loss"], expected)
     assert losses["rank"] > 0 and losses["align"] > 0 and losses["entity"] > 0
 
@@ -217,7 +218,8 @@ def test_heatmaps_can_be_capped_in_size_keeping_the_aspect_and_the_attention():
         assert big.heatmap.shape == (300, 200) and small.heatmap.shape == (60, 40)
         assert math.isclose(float(small.heatmap.sum()), 1.0, rel_tol=1e-4)
         assert np.abs(_centre_of_mass(big.heatmap) - _centre_of_mass(small.heatmap)).max() < 0.01  # same place
-    assert reporter([pixels], num_beams=1, max_new_tokens=3, max_map_side=500)[0].attention[0].heatmap.shape == (300, 200)
+    report = reporter([pixels], num_beams=1, max_new_tokens=3, max_map_side=500)[0]
+    assert report.attention[0].heatmap.shape == (300, 200)
 
 
 def test_presets_build_and_the_tiny_one_is_tiny():
@@ -261,7 +263,8 @@ def _receptive_field_centre(encoder, images, token: tuple[int, int]) -> np.ndarr
     features.tokens.reshape(len(images), encoder.n_views, gh, gw, -1)[:, 0, token[0], token[1]].square().sum().backward()
     weight = images.grad[:, 0, 0].abs().sum(0)
     position = torch.arange(weight.shape[-1]) + 0.5
-    return np.array([float((weight.sum(1) * position).sum() / weight.sum()), float((weight.sum(0) * position).sum() / weight.sum())])
+    total = weight.sum()
+    return np.array([float((weight.sum(1) * position).sum() / total), float((weight.sum(0) * position).sum() / total)])
 
 
 @pytest.mark.parametrize("feature_pyramid", [False, True])

@@ -47,7 +47,7 @@ def test_image_is_a_float_radiograph_in_display_polarity():
     phantom = make_phantom(0, 1, PhantomConfig(size=192))
     image = phantom.image
     assert image.dtype == np.float32 and image.shape == (192, 192)
-    assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0.1
+    assert image.min() >= 0.0 and image.max() <= 1.0 and image.std() > 0.1
 
     anatomy = sample_anatomy(np.random.default_rng([0, 9]), 256)
     scene = build_scene(anatomy)

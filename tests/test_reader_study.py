@@ -19,8 +19,16 @@ from PIL import Image
 from rrg_core import reader_stats, reader_study
 from rrg_core.__main__ import main as cli
 from rrg_core.reader_stats import average_ranks, bootstrap_mean, cohen_kappa, spearman
-from rrg_core.reader_study import (ACCEPTABILITY, ERROR_COLUMNS, Comparison, Draft, Judgment, ReaderStudy,
-                                   weights_identity, worklist)
+from rrg_core.reader_study import (
+    ACCEPTABILITY,
+    ERROR_COLUMNS,
+    Comparison,
+    Draft,
+    Judgment,
+    ReaderStudy,
+    weights_identity,
+    worklist,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = {"beams": 3, "max_length": 100}

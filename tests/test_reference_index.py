@@ -165,7 +165,8 @@ def test_save_load_round_trip(tmp_path: Path, texts: bool) -> None:
     index.save(tmp_path)
     loaded = ReferenceIndex.load(tmp_path)
     for name in ("embeddings", "sentence_embeddings", "sentence_mask", "label_states"):
-        assert torch.equal(getattr(loaded, name), getattr(index, name)) and getattr(loaded, name).dtype == getattr(index, name).dtype
+        stored, kept = getattr(loaded, name), getattr(index, name)
+        assert torch.equal(stored, kept) and stored.dtype == kept.dtype
     assert loaded.study_ids == index.study_ids and loaded.texts == index.texts
     assert (loaded.curvature, loaded.metric) == (C, "hyperbolic")
     queries = index.embeddings[:3] * 0.9

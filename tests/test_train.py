@@ -10,6 +10,7 @@ from train import evaluate as evaluate_cli
 from train.config import TrainConfig
 from train.fit import fit, lr_lambda, parse_overrides
 
+
 def test_schedule_warms_up_then_decays_to_the_floor():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, warmup_start_lr=1e-6)
     f = lr_lambda(cfg, total_steps=110)

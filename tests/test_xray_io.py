@@ -5,6 +5,7 @@ frame, a transposition or a mangled window fails, not only an exception.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zlib
@@ -62,7 +63,7 @@ TINTED = np.stack([U8, (U8 * 0.9).astype(np.uint8), (U8 * 0.8).astype(np.uint8)]
 def _check_contract(xray: XRay) -> None:
     pixels = xray.pixels
     assert pixels.dtype == np.float32 and pixels.ndim == 2
-    assert np.isfinite(pixels).all() and 0.0 <= pixels.min() and pixels.max() <= 1.0
+    assert np.isfinite(pixels).all() and pixels.min() >= 0.0 and pixels.max() <= 1.0
 
 
 def _corr(xray: XRay, source: np.ndarray = SOURCE) -> float:
@@ -447,10 +448,8 @@ def test_damaged_files_never_raise_anything_else() -> None:
     ]
     for data in sources:
         for damaged in _mutations(data, rng, 60):
-            try:
+            with contextlib.suppress(UnreadableImage):
                 _check_contract(read_xray(damaged))
-            except UnreadableImage:
-                pass
 
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"

@@ -18,13 +18,13 @@ from rrg_core.indexing import build_index
 from rrg_core.model import REVTAF
 from rrg_core.study_dataset import study_loader
 
+from .options import add_data_options
+
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="Build the reference index of a model folder.")
     parser.add_argument("--weights", required=True, help="model folder (the index is written into it unless --out)")
-    parser.add_argument("--data", required=True, help="dataset folder in the R2Gen layout")
-    parser.add_argument("--split", default="train", choices=["train", "val", "test", "all"])
-    parser.add_argument("--dataset", default="iu_xray", choices=["iu_xray", "mimic_cxr"])
+    add_data_options(parser, split="train")
     parser.add_argument("--no-texts", action="store_true", help="store embeddings, labels and ids but no report text")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=None, help="write the index here instead of into the weights folder")
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> Path:
     index = build_index(model, batches, keep_texts=not args.no_texts)
     out = Path(args.out or args.weights)
     index.save(out)
-    print(f"indexed {len(index)} studies from {args.data} [{args.split}] into {out} (texts {'kept' if index.texts else 'dropped'})")
+    texts = "kept" if index.texts else "dropped"
+    print(f"indexed {len(index)} studies from {args.data} [{args.split}] into {out} (texts {texts})")
     return out
 
 

@@ -56,7 +56,7 @@ class TrainConfig:
             )
 
     @classmethod
-    def load(cls, name_or_path: str, **overrides: Any) -> "TrainConfig":
+    def load(cls, name_or_path: str, **overrides: Any) -> TrainConfig:
         """A config by name (train/configs/NAME.json) or path, with overrides applied on top; a
         ``model`` override is merged into the config's model overrides (``--set
         model='{"use_lre": false}'`` keeps the config's views, image size and pinned choices)."""

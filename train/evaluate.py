@@ -15,6 +15,8 @@ from rrg_core.evaluation import evaluate
 from rrg_core.metrics import markdown_table
 from rrg_core.pipeline import ReportPipeline
 
+from .options import add_data_options
+
 
 def diagnosis_table(auroc: dict) -> str:
     """The diagnosis head's AUROC per observation, and their mean, as Markdown."""
@@ -29,9 +31,7 @@ def diagnosis_table(auroc: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Evaluate REVTAF weights (NLG, CE, retrieval, grounding).")
     parser.add_argument("--weights", default=None, help="model folder or ORG/REPO[@REV] (default: embedded)")
-    parser.add_argument("--data", required=True, help="dataset folder in the R2Gen layout")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
-    parser.add_argument("--dataset", default="iu_xray", choices=["iu_xray", "mimic_cxr"], help="text normalisation")
+    add_data_options(parser, split="test")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N studies only")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--beams", type=int, default=None, help="beam size (default: the model's)")

@@ -14,16 +14,16 @@ import tempfile
 from pathlib import Path
 
 from rrg_core.evaluation import fit_decision_rule
-from rrg_core.phantoms import phantoms_or_split
 from rrg_core.model import REVTAF
+from rrg_core.phantoms import phantoms_or_split
+
+from .options import add_data_options
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", required=True, help="a local model folder (decision.json is written into it)")
-    parser.add_argument("--data", help="validation dataset folder (R2Gen layout)")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--dataset", default="iu_xray", choices=["iu_xray", "mimic_cxr"])
+    add_data_options(parser, split="val", required=False)
     parser.add_argument("--phantoms", type=int, default=0, help="or tune on N fresh SynthCXR phantoms")
     parser.add_argument("--phantom-seed", type=int, default=11,
                         help="their seed: neither the training seed (0) nor the evaluation seed (7)")

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from rrg_core.config import REVTAFConfig
 

@@ -18,7 +18,6 @@ import json
 import tempfile
 from pathlib import Path
 
-
 from rrg_core.datasets import load_split
 from rrg_core.evaluation import evaluate, fit_decision_rule
 from rrg_core.phantoms import phantoms_or_split

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from .config import PhantomConfig
 from .dataset import write_dataset
 from .sheet import contact_sheet
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m rrg_core.phantoms") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m rrg_core.phantoms", description="Generate SynthCXR phantoms (R2Gen layout) or a contact sheet."
+        prog=prog, description="Generate SynthCXR phantoms (R2Gen layout) or a contact sheet."
     )
     parser.add_argument("--out", help="dataset directory to write")
     parser.add_argument("--n", type=int, default=16, help="number of phantoms (default 16)")

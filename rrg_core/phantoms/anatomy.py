@@ -11,9 +11,9 @@ Sides are the patient's: the right lung is on the image's left (radiological con
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 

@@ -10,8 +10,9 @@ is built; all others then paint into the scene's layers and return their masks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 

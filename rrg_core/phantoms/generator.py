@@ -1,8 +1,8 @@
 """One phantom from (seed, index): anatomy, findings, pixels, masks and report together."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

@@ -12,9 +12,9 @@ comes from a fixed bank sliced at random offsets instead of being drawn per imag
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -9,8 +9,9 @@ only made about what the phantom does not have.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
