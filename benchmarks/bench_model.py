@@ -30,7 +30,7 @@ def batch_for(config: REVTAFConfig, tokenizer, n: int) -> dict:
     reports = [TEXT[i % 2] for i in range(n)]
     enc = tokenizer(reports, add_special_tokens=False, padding=True, return_tensors="pt")
     states = torch.randint(0, 4, (n, 14))
-    return {"images": torch.randn(n, config.n_views, 1, config.image_size, config.image_size),
+    return {"images": torch.randn(n, config.vision.n_views, 1, config.vision.image_size, config.vision.image_size),
             "report_ids": enc["input_ids"], "report_mask": enc["attention_mask"], "states": states,
             "study_ids": [f"s{i}" for i in range(n)], "reports": reports}
 
@@ -45,18 +45,18 @@ def timed(fn, repeats: int = 2) -> float:
 
 def preset_row(name: str, tokenizer, batch_size: int, max_tokens: int) -> str:
     """One preset's table row: its size, train-step times and generation time."""
-    config = REVTAFConfig.preset(name, vocab_size=len(tokenizer), backbone_hub_id=None, text_hub_id=None,
-                                 decoder_hub_id=None, top_k=3)
+    config = REVTAFConfig.preset(name, vision={"hub_id": None}, text={"hub_id": None}, retrieval={"top_k": 3},
+                                 decoder={"hub_id": None, "vocab_size": len(tokenizer)})
     torch.manual_seed(0)
     model = REVTAF(config, tokenizer)
     batch = batch_for(config, tokenizer, batch_size)
     model.index = build_index(model, [batch])
     params = sum(p.numel() for p in model.parameters())
-    masks = torch.zeros(batch_size, N_FINDING_PROMPTS, config.image_size, config.image_size)
-    masks[..., : config.image_size // 2, :] = 1  # every finding in the upper half
+    masks = torch.zeros(batch_size, N_FINDING_PROMPTS, config.vision.image_size, config.vision.image_size)
+    masks[..., : config.vision.image_size // 2, :] = 1  # every finding in the upper half
 
     def step(image_only: bool = False, grounded: bool = False):
-        model.config.grounding_weight = float(grounded)
+        model.config = model.config.replace(fvtaf={"grounding_weight": float(grounded)})
         model.zero_grad()
         model({**batch, "masks": masks} if grounded else batch, image_only=image_only)["loss"].backward()
 
@@ -65,7 +65,7 @@ def preset_row(name: str, tokenizer, batch_size: int, max_tokens: int) -> str:
     warmup_s = timed(lambda: step(image_only=True), repeats)
     grounded_s = timed(lambda: step(grounded=True), repeats)
     model.eval()
-    tokens = min(max_tokens, config.max_report_tokens)
+    tokens = min(max_tokens, config.decoder.max_report_tokens)
     reporter = ReportPipeline(model)
     gen_s = timed(lambda: reporter.generate(batch["images"], num_beams=3, min_new_tokens=tokens,
                                             max_new_tokens=tokens), repeats=1)

@@ -58,8 +58,8 @@ for name, weights, paths in cases:
     def once():
         start = time.perf_counter()
         views = service.read_views(frontal, lateral, lambda path: Path(path).read_bytes())
-        done = service.generate(loaded, views, beams=loaded.reporter.config.num_beams,
-                                max_length=loaded.reporter.config.max_new_tokens)
+        done = service.generate(loaded, views, beams=loaded.reporter.config.generation.num_beams,
+                                max_length=loaded.reporter.config.generation.max_new_tokens)
         shown = service.evidence(done)
         rendering.findings_table(done.report), rendering.references_table(done.report)
         drawn = time.perf_counter()
@@ -152,8 +152,8 @@ def stage_medians(weights: str, paths: list[str], repeats: int) -> dict[str, flo
             with watch.part("read"):
                 views = service.read_views(frontal, lateral, lambda path: Path(path).read_bytes())
             with watch.part("model"):
-                done = service.generate(loaded, views, beams=model.config.num_beams,
-                                        max_length=model.config.max_new_tokens)
+                done = service.generate(loaded, views, beams=model.config.generation.num_beams,
+                                        max_length=model.config.generation.max_new_tokens)
             with watch.part("session copy and tables"):
                 shown = service.evidence(done)
                 rendering.findings_table(done.report), rendering.references_table(done.report)

@@ -163,7 +163,7 @@ def add_page(page: gr.Blocks, setup: ReviewSetup, model: Callable[[], service.Lo
                 return {**out, **empty_study(), info: f"⚠️ **{err}** This study cannot be reviewed: go on to the next."}
             loaded = model()
             config = loaded.reporter.config
-            options = {"beams": config.num_beams, "max_length": config.max_new_tokens}
+            options = {"beams": config.generation.num_beams, "max_length": config.generation.max_new_tokens}
             now.evidence = service.evidence(service.generate(loaded, views, **options))
             del views
             memory.release()  # the decoded films and full-size maps

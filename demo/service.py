@@ -58,7 +58,7 @@ MISSING_TEXTS = (
     "be redistributed), so references show study ids, label states and distances only. Start the "
     "demo with `--reference-data DIR` (the training dataset folder) to show the texts."
 )
-# What a map means depends on how the weights were trained (REVTAFConfig.grounding_weight).
+# What a map means depends on how the weights were trained (REVTAFConfig.fvtaf.grounding_weight).
 GROUNDED_MAPS = (
     "These weights were trained to put each finding's map on the finding itself (annotated masks), "
     "so a finding's map shows where the model locates it."
@@ -129,7 +129,7 @@ class Loading:
         self.weights_id = _weights_id(weights, self.folder)
         self.card = model_card_summary(self.folder)
         self.config = REVTAFConfig.load(self.folder / "config.json")
-        self.maps_note = GROUNDED_MAPS if self.config.grounding_weight else EMERGENT_MAPS
+        self.maps_note = GROUNDED_MAPS if self.config.fvtaf.grounding_weight else EMERGENT_MAPS
         self.headline = card_headline(self.folder)
         self.gate_note = None if (self.folder / GATE_FILE).is_file() else NO_GATE
         self._reference_data = reference_data
@@ -308,7 +308,7 @@ def generate(
     draft then follows."""
     from rrg_core.preprocessing import MAX_MAP_SIDE  # torch is loaded by now
 
-    n_views = loaded.reporter.config.n_views
+    n_views = loaded.reporter.config.vision.n_views
     notes = []
     if len(views) > n_views:
         notes.append("These weights read one view: the lateral view was not used.")

@@ -84,8 +84,8 @@ def build(loading: service.Loading, files: storage.RunFolder, queue_size: int = 
                 frontal = gr.File(label="Frontal view (PA/AP): PNG, JPEG or DICOM", height=120, elem_id="frontal")
                 lateral = gr.File(label="Lateral view (optional)", height=120, elem_id="lateral")
                 with gr.Accordion("Decoding options", open=False):
-                    beams = gr.Slider(*service.BEAMS, value=config.num_beams, step=1, label="Beam size")
-                    max_length = gr.Slider(*service.MAX_LENGTHS, value=config.max_new_tokens, step=5,
+                    beams = gr.Slider(*service.BEAMS, value=config.generation.num_beams, step=1, label="Beam size")
+                    max_length = gr.Slider(*service.MAX_LENGTHS, value=config.generation.max_new_tokens, step=5,
                                            label="Maximum length (tokens)")
                 generate_button = gr.Button(LOADING, variant="primary", interactive=False)
                 api_trigger = gr.Button(visible=False)  # the API endpoint's own event

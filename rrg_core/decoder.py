@@ -21,18 +21,18 @@ class ReportDecoder(nn.Module):
     def __init__(self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         super().__init__()
         self.tokenizer = tokenizer
-        if config.decoder_hub_id:
-            self.bert = BertLMHeadModel.from_pretrained(config.decoder_hub_id, is_decoder=True, add_cross_attention=True)
+        if config.decoder.hub_id:
+            self.bert = BertLMHeadModel.from_pretrained(config.decoder.hub_id, is_decoder=True, add_cross_attention=True)
             self.bert.resize_token_embeddings(len(tokenizer))
         else:
             self.bert = BertLMHeadModel(
                 BertConfig(
                     vocab_size=len(tokenizer),
-                    hidden_size=config.decoder_hidden,
-                    num_hidden_layers=config.decoder_layers,
-                    num_attention_heads=config.decoder_heads,
-                    intermediate_size=4 * config.decoder_hidden,
-                    max_position_embeddings=PREFIX_LENGTH + config.max_report_tokens + 2,
+                    hidden_size=config.decoder.hidden,
+                    num_hidden_layers=config.decoder.layers,
+                    num_attention_heads=config.decoder.heads,
+                    intermediate_size=4 * config.decoder.hidden,
+                    max_position_embeddings=PREFIX_LENGTH + config.decoder.max_report_tokens + 2,
                     hidden_dropout_prob=config.dropout,
                     attention_probs_dropout_prob=config.dropout,
                     is_decoder=True,
@@ -46,7 +46,7 @@ class ReportDecoder(nn.Module):
         self.sep_id = tokenizer.convert_tokens_to_ids("[SEP]")
         self.eos_id = tokenizer.convert_tokens_to_ids("[EOS]")
         self.pad_id = tokenizer.pad_token_id
-        self.max_report_tokens = config.max_report_tokens
+        self.max_report_tokens = config.decoder.max_report_tokens
 
     def prefix(self, states: Tensor) -> Tensor:
         """[B, 14] predicted or true states -> [B, 16] prompt token ids."""

@@ -33,12 +33,12 @@ class DiagnosisHead(nn.Module):
             d, config.n_heads, dim_feedforward=2 * d, dropout=config.dropout, batch_first=True, norm_first=True
         )
         self.evidence = None
-        if config.diagnosis_evidence and (config.use_lre or config.use_fvtaf):
-            self.evidence = nn.Sequential(nn.LayerNorm(len(config.prompts)), nn.Linear(len(config.prompts), d))
+        if config.diagnosis.reads_entity_scores and (config.lre.enabled or config.fvtaf.enabled):
+            self.evidence = nn.Sequential(nn.LayerNorm(len(config.text.prompts)), nn.Linear(len(config.text.prompts), d))
         self.classifier = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, N_OBS * N_STATES))
         priors = torch.full((N_OBS, N_STATES), 1.0 / N_STATES)
-        if config.label_priors is not None:
-            priors = torch.tensor(config.label_priors, dtype=torch.float32)
+        if config.diagnosis.label_priors is not None:
+            priors = torch.tensor(config.diagnosis.label_priors, dtype=torch.float32)
             if priors.shape != (N_OBS, N_STATES):
                 raise ValueError(f"label_priors must be [{N_OBS}][{N_STATES}], got {list(priors.shape)}")
         # Only the POS column is adjusted, as in PromptMRG/REVTAF: log p(positive) per observation.

@@ -48,19 +48,19 @@ def consistency_loss(
 class FVTAF(nn.Module):
     def __init__(self, config: REVTAFConfig) -> None:
         super().__init__()
-        mode = "sinkhorn" if config.use_mpsa else "softmax"
+        mode = "sinkhorn" if config.fvtaf.mpsa else "softmax"
         kwargs = dict(
             n_heads=config.n_heads,
-            epsilon=config.sinkhorn_epsilon,
-            max_iter=config.sinkhorn_iters,
-            tol=config.sinkhorn_tol,
+            epsilon=config.fvtaf.sinkhorn_epsilon,
+            max_iter=config.fvtaf.sinkhorn_iters,
+            tol=config.fvtaf.sinkhorn_tol,
             mode=mode,
             dropout=config.dropout,
         )
         # The region alignment also feeds the LRE's entity scores, so it exists whenever LRE
         # or FVTAF is on; the global branch and the fusion only with FVTAF.
         self.region_attention = MultiPromptSinkhornAttention(config.d_model, **kwargs)
-        self.global_attention = MultiPromptSinkhornAttention(config.d_model, **kwargs) if config.use_fvtaf else None
+        self.global_attention = MultiPromptSinkhornAttention(config.d_model, **kwargs) if config.fvtaf.enabled else None
 
     @property
     def fuses(self) -> bool:

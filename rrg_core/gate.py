@@ -88,7 +88,7 @@ def image_statistics(pixels: Tensor) -> Tensor:
 def gate_features(model: REVTAF, images: Tensor, encoded: Encoding) -> tuple[Tensor, Tensor]:
     """(statistics of the frontal view [B, S], all features [B, F]) of a batch the model encoded."""
     c = model.config
-    frontal = (images[:, 0, 0].float() * c.image_std + c.image_mean).clamp(0, 1)
+    frontal = (images[:, 0, 0].float() * c.vision.image_std + c.vision.image_mean).clamp(0, 1)
     stats = image_statistics(frontal.cpu())
     parts = [stats, encoded.visual.pooled.float().cpu()]
     if encoded.entity_logits is not None:
@@ -245,7 +245,7 @@ class Gate:
 
 def n_gate_features(model: REVTAF) -> int:
     """How many features the gate of ``model`` reads."""
-    entity = len(model.config.prompts) if model.entity_scores is not None else 0
+    entity = len(model.config.text.prompts) if model.entity_scores is not None else 0
     return len(STATISTICS) + model.config.d_model + entity
 
 

@@ -38,6 +38,6 @@ def build_index(model: REVTAF, batches: Iterable[dict], *, keep_texts: bool = Tr
         label_states=torch.cat(states),
         study_ids=ids,
         texts=texts if keep_texts else None,
-        curvature=float(model.lre.ball.c) if model.lre is not None else model.config.curvature,
+        curvature=float(model.lre.ball.c) if model.lre is not None else model.config.lre.curvature,
         metric=model.config.search_metric,
     )

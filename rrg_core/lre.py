@@ -74,13 +74,12 @@ class LearnableRetrievalEnhancer(nn.Module):
         super().__init__()
         # Scores enter as layer-normalised logits: sigmoid probabilities saturate as soon as
         # the entity loss is learnt, and then no ranking gradient reaches the scores.
-        self.normalize = nn.LayerNorm(len(config.prompts))
+        self.normalize = nn.LayerNorm(len(config.text.prompts))
         self.encoder = HyperbolicEncoder(
-            len(config.prompts),
-            config.hyperbolic_hidden,
-            config.hyperbolic_dim,
-            curvature=config.curvature,
-            learnable_curvature=config.learnable_curvature,
+            len(config.text.prompts),
+            config.lre.hidden,
+            config.lre.dim,
+            curvature=config.lre.curvature,
         )
 
     @property

@@ -115,15 +115,15 @@ class REVTAF(
         self.tokenizer = tokenizer
         self.visual = VisualEncoder(config)
         self.text = TextEncoder(config, tokenizer)
-        aligns = config.use_lre or config.use_fvtaf
+        aligns = config.lre.enabled or config.fvtaf.enabled
         self.fvtaf = FVTAF(config) if aligns else None
         self.entity_scores = (
-            EntityScores(len(config.prompts), config.entity_pooling, config.sinkhorn_epsilon) if aligns else None
+            EntityScores(len(config.text.prompts), config.fvtaf.entity_pooling, config.fvtaf.sinkhorn_epsilon) if aligns else None
         )
         self.prompt_offsets = None
-        if aligns and config.prompt_offsets:
-            self.prompt_offsets = nn.Parameter(torch.randn(len(config.prompts), config.d_model))
-        self.lre = LearnableRetrievalEnhancer(config) if config.use_lre else None
+        if aligns and config.text.prompt_offsets:
+            self.prompt_offsets = nn.Parameter(torch.randn(len(config.text.prompts), config.d_model))
+        self.lre = LearnableRetrievalEnhancer(config) if config.lre.enabled else None
         self.diagnosis = DiagnosisHead(config)
         self.decoder = ReportDecoder(config, tokenizer)
         self.index = index
@@ -162,7 +162,7 @@ class REVTAF(
         cacheable = not self.training and not torch.is_grad_enabled()
         if cacheable and self._prompt_cache is not None and self._prompt_cache[0] == version:
             return self._prompt_cache[1]
-        prompts = self.text(self.config.prompts)
+        prompts = self.text(self.config.text.prompts)
         if self.prompt_offsets is not None:
             prompts = prompts + self.prompt_offsets
         self._prompt_cache = (version, prompts.detach()) if cacheable else None
@@ -173,7 +173,7 @@ class REVTAF(
         (training) keeps each study from retrieving itself."""
         if self.index is None or len(self.index) == 0:
             raise RuntimeError("the model has no reference index: build one with train.build_index or rrg_core.build_index")
-        k = min(self.config.top_k, len(self.index) - (1 if exclude_ids is not None else 0))
+        k = min(self.config.retrieval.top_k, len(self.index) - (1 if exclude_ids is not None else 0))
         if k < 1:
             raise RuntimeError("the reference index is too small to retrieve from")
         return self.index.search(query.detach().float(), k, metric=self.config.search_metric, exclude_ids=exclude_ids)
@@ -184,7 +184,7 @@ class REVTAF(
         text = self.index.report_embeddings(indices)
         reference_states = self.index.label_states[indices.cpu()].to(self.device).long()
         logits = self.diagnosis(encoding.visual.pooled, text, reference_states, encoding.entity_logits)
-        probabilities, states = self.diagnosis.decide(logits, self.config.decision_adjustment)
+        probabilities, states = self.diagnosis.decide(logits, self.config.diagnosis.decision_adjustment)
         return Diagnosis(logits, probabilities, states, distances, indices)
 
     def read_references(self, encoding: Encoding, diagnosis: Diagnosis) -> tuple[Tensor, MPSAOutput | None]:
@@ -195,7 +195,7 @@ class REVTAF(
         fine grid is for the heatmaps, and the decoder attends to a quarter of the tokens."""
         global_ = self._global(encoding, diagnosis.indices[:, 0])[0] if self.fuses else None
         parts = [encoding.visual.tokens] if global_ is None else [encoding.region.fused, global_.fused]
-        if self.config.feature_pyramid:
+        if self.config.vision.feature_pyramid:
             parts = [encoding.visual.coarsen(p) for p in parts]
         return torch.cat(parts, dim=1), global_
 
@@ -224,10 +224,10 @@ class REVTAF(
         c = self.config
         if encoding.entity_logits is not None:
             losses["entity"] = entity_loss(encoding.entity_logits, states)
-        if c.grounding_weight and "masks" in batch:
+        if c.fvtaf.grounding_weight and "masks" in batch:
             frontal = encoding.region.maps[..., encoding.visual.view(0)]
             losses["ground"] = grounding_loss(frontal, batch["masks"], states, encoding.visual.grid)
-        image_side = c.entity_weight * losses["entity"] + c.grounding_weight * losses["ground"]
+        image_side = c.fvtaf.entity_weight * losses["entity"] + c.fvtaf.grounding_weight * losses["ground"]
         if image_only:
             losses["loss"] = image_side
             return losses
@@ -244,7 +244,7 @@ class REVTAF(
         losses["lm"] = self.decoder.loss(memory, states, batch["report_ids"], batch["report_mask"])
 
         losses["loss"] = (
-            losses["lm"] + c.cls_weight * losses["cls"] + c.beta * losses["align"] + c.alpha * losses["rank"]
+            losses["lm"] + c.diagnosis.cls_weight * losses["cls"] + c.fvtaf.consistency_weight * losses["align"] + c.lre.rank_weight * losses["rank"]
             + image_side
         )
         return losses
@@ -271,11 +271,11 @@ class REVTAF(
         candidates = self.decoder.generate(
             memory,
             states,
-            num_beams=num_beams or c.num_beams,
-            max_new_tokens=max_new_tokens or c.max_new_tokens,
-            min_new_tokens=c.min_new_tokens if min_new_tokens is None else min_new_tokens,
-            repetition_penalty=repetition_penalty or c.repetition_penalty,
-            no_repeat_ngram_size=c.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size,
+            num_beams=num_beams or c.generation.num_beams,
+            max_new_tokens=max_new_tokens or c.generation.max_new_tokens,
+            min_new_tokens=c.generation.min_new_tokens if min_new_tokens is None else min_new_tokens,
+            repetition_penalty=repetition_penalty or c.generation.repetition_penalty,
+            no_repeat_ngram_size=c.generation.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size,
         )
         return Decoding(memory, global_, states, candidates)
 
@@ -295,7 +295,7 @@ class REVTAF(
     # ------------------------------------------------------------------ the reference index
     def sentence_embeddings(self, reports: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Each report's sentences embedded by the text encoder: [N, S, D] and mask [N, S]."""
-        limit = self.config.max_reference_sentences
+        limit = self.config.text.max_reference_sentences
         per_report = [(split_sentences(r) or [r])[:limit] for r in reports]
         flat = [s for sentences in per_report for s in sentences]
         vectors = self.text(flat)
@@ -355,8 +355,9 @@ class REVTAF(
             tokenizer = load_tokenizer(folder)
         except Exception as err:  # tokenizers raise many types for a broken tokenizer.json
             raise ValueError(f"cannot load the tokenizer in {folder}: {err}") from err
-        if config.vocab_size and len(tokenizer) != config.vocab_size:
-            raise ValueError(f"the tokenizer in {folder} has {len(tokenizer)} tokens, config.json says {config.vocab_size}")
+        if config.decoder.vocab_size and len(tokenizer) != config.decoder.vocab_size:
+            raise ValueError(f"the tokenizer in {folder} has {len(tokenizer)} tokens, "
+                             f"config.json says {config.decoder.vocab_size}")
         path = folder / checkpoint.WEIGHTS_NAME
         try:
             with torch.device("meta"):
@@ -376,8 +377,7 @@ class REVTAF(
     def _save_pretrained(self, save_directory: Path) -> None:
         """config.json (with the tokenizer's size), the weights in their dtype (``model.half()``
         first halves the file; loading always restores float32), the tokenizer and the index."""
-        config = REVTAFConfig.from_dict({**self.config.to_dict(), "vocab_size": len(self.tokenizer)})
-        config.save(save_directory / CONFIG_NAME)
+        self.config.replace(decoder={"vocab_size": len(self.tokenizer)}).save(save_directory / CONFIG_NAME)
         from safetensors.torch import save_file
 
         save_file(checkpoint.unique_tensors(self), str(save_directory / checkpoint.WEIGHTS_NAME))

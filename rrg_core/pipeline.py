@@ -155,7 +155,7 @@ class ReportPipeline:
                 references=self._references(diagnosis, b),
                 attention=self._attention_maps(encoding, decoding, b, sizes[b]),
                 overrides={o: STATE_NAMES[s] for o, s in overrides[b].items()},
-                decision_rules={o: rule_text(o, self.decision, self.config.decision_adjustment, o in overrides[b], shown)
+                decision_rules={o: rule_text(o, self.decision, self.config.diagnosis.decision_adjustment, o in overrides[b], shown)
                                 for o in OBSERVATIONS},
                 consistency=consistency,
                 map_right_shares=shares,
@@ -182,7 +182,7 @@ class ReportPipeline:
         what the draft's sides follow, whatever size the shown maps have."""
         if encoding.region is None:
             return {}
-        size = self.config.image_size
+        size = self.config.vision.image_size
         frontal = encoding.region.maps[b, :N_FINDING_PROMPTS, encoding.visual.view(0)]
         maps = upsample_maps(frontal, encoding.visual.grid, (size, size), size)
         return {OBSERVATIONS[k]: right_share(maps[k]) for k in range(N_FINDING_PROMPTS)}
@@ -213,7 +213,7 @@ class ReportPipeline:
         mask-weighted mean over its sentences), upsampled to that view's image size."""
         if encoding.region is None:
             return []
-        visual, prompts = encoding.visual, self.config.prompts
+        visual, prompts = encoding.visual, self.config.text.prompts
         if isinstance(sizes[0], int):
             sizes = [sizes] * visual.n_views
         # The first prompts are the finding prompts, in OBSERVATIONS order (see rrg_core.prompts).
@@ -221,12 +221,12 @@ class ReportPipeline:
         out = []
         for v in range(visual.n_views):
             size, span = tuple(sizes[min(v, len(sizes) - 1)]), visual.view(v)
-            region = upsample_maps(encoding.region.maps[b, :, span], visual.grid, size, self.config.image_size)
+            region = upsample_maps(encoding.region.maps[b, :, span], visual.grid, size, self.config.vision.image_size)
             out += [AttentionMap(p, "region", region[k], view=v, observation=names[k]) for k, p in enumerate(prompts)]
             if decoding.global_ is not None:
                 # Masked sentences have all-zero maps, so a plain sum is the mask-weighted sum.
                 merged = decoding.global_.maps[b, :, span].sum(0, keepdim=True)
-                merged = upsample_maps(merged, visual.grid, size, self.config.image_size)[0]
+                merged = upsample_maps(merged, visual.grid, size, self.config.vision.image_size)[0]
                 out.append(AttentionMap("retrieved reference report", "global", merged, view=v))
         return out
 

@@ -91,23 +91,23 @@ class StudyDataset(Dataset):
         return len(self.studies)
 
     def load_views(self, study: Study) -> list:
-        paths = study.image_paths[: self.config.n_views]
+        paths = study.image_paths[: self.config.vision.n_views]
         return [read_xray(p).pixels for p in paths]
 
     def __getitem__(self, i: int) -> dict:
         study = self.studies[i]
         c = self.config
         views = self.load_views(study)
-        if len(views) < c.n_views:
-            views = views * c.n_views
-        images = torch.stack([prepare_image(v, c.image_size, c.image_mean, c.image_std) for v in views[: c.n_views]])
-        masks = finding_masks(study, c.image_size) if c.grounding_weight else None
+        if len(views) < c.vision.n_views:
+            views = views * c.vision.n_views
+        images = torch.stack([prepare_image(v, c.vision.image_size, c.vision.image_mean, c.vision.image_std) for v in views[: c.vision.n_views]])
+        masks = finding_masks(study, c.vision.image_size) if c.fvtaf.grounding_weight else None
         if self.train:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
             frontal, masks = augment(images[0], generator, masks)
             images = torch.stack([frontal] + [augment(view, generator)[0] for view in images[1:]])
         report = normalize_report(study.report, self.dataset)
-        ids = self.tokenizer(report, add_special_tokens=False, truncation=True, max_length=c.max_report_tokens)["input_ids"]
+        ids = self.tokenizer(report, add_special_tokens=False, truncation=True, max_length=c.decoder.max_report_tokens)["input_ids"]
         item = {
             "images": images,
             "report": report,

@@ -18,19 +18,19 @@ from .config import REVTAFConfig
 class TextEncoder(nn.Module):
     def __init__(self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         super().__init__()
-        if config.text_hub_id:
-            self.tokenizer = AutoTokenizer.from_pretrained(config.text_hub_id)
-            self.bert = AutoModel.from_pretrained(config.text_hub_id, add_pooling_layer=False)
+        if config.text.hub_id:
+            self.tokenizer = AutoTokenizer.from_pretrained(config.text.hub_id)
+            self.bert = AutoModel.from_pretrained(config.text.hub_id, add_pooling_layer=False)
         else:
             self.tokenizer = tokenizer
             self.bert = BertModel(
                 BertConfig(
                     vocab_size=len(tokenizer),
-                    hidden_size=config.text_hidden,
-                    num_hidden_layers=config.text_layers,
-                    num_attention_heads=config.text_heads,
-                    intermediate_size=4 * config.text_hidden,
-                    max_position_embeddings=config.max_sentence_tokens,
+                    hidden_size=config.text.hidden,
+                    num_hidden_layers=config.text.layers,
+                    num_attention_heads=config.text.heads,
+                    intermediate_size=4 * config.text.hidden,
+                    max_position_embeddings=config.text.max_tokens,
                     hidden_dropout_prob=config.dropout,
                     attention_probs_dropout_prob=config.dropout,
                     pad_token_id=tokenizer.pad_token_id,
@@ -38,7 +38,7 @@ class TextEncoder(nn.Module):
                 add_pooling_layer=False,
             )
         self.project = nn.Sequential(nn.Linear(self.bert.config.hidden_size, config.d_model), nn.LayerNorm(config.d_model))
-        self.max_tokens = config.max_sentence_tokens
+        self.max_tokens = config.text.max_tokens
 
     @property
     def device(self) -> torch.device:

@@ -44,36 +44,36 @@ class VisualFeatures:
 class VisualEncoder(nn.Module):
     def __init__(self, config: REVTAFConfig) -> None:
         super().__init__()
-        if config.backbone_hub_id:
+        if config.vision.hub_id:
             # Pretrained backbones are RGB: grayscale X-rays are repeated over 3 channels.
-            self.backbone = ResNetModel.from_pretrained(config.backbone_hub_id)
+            self.backbone = ResNetModel.from_pretrained(config.vision.hub_id)
         else:
             self.backbone = ResNetModel(
                 ResNetConfig(
                     num_channels=1,
-                    embedding_size=config.resnet_embedding_size,
-                    hidden_sizes=list(config.resnet_hidden_sizes),
-                    depths=list(config.resnet_depths),
-                    layer_type=config.resnet_layer_type,
+                    embedding_size=config.vision.embedding_size,
+                    hidden_sizes=list(config.vision.hidden_sizes),
+                    depths=list(config.vision.depths),
+                    layer_type=config.vision.layer_type,
                 )
             )
         self.in_channels = self.backbone.config.num_channels
         width = self.backbone.config.hidden_sizes[-1]
         self.project = nn.Sequential(nn.Linear(width, config.d_model), nn.LayerNorm(config.d_model))
         self.lateral = None
-        if config.feature_pyramid:
+        if config.vision.feature_pyramid:
             if len(self.backbone.config.hidden_sizes) < 2:
                 raise ValueError("feature_pyramid needs a backbone with at least two stages")
             self.lateral = nn.Linear(self.backbone.config.hidden_sizes[-2], config.d_model)
         # Which view a token came from (frontal/lateral), added after projection.
-        self.view_embedding = nn.Parameter(torch.zeros(config.n_views, config.d_model))
+        self.view_embedding = nn.Parameter(torch.zeros(config.vision.n_views, config.d_model))
         # A learned 2-D position code on the token grid helps the decoder say "left"/"right".
-        side = config.image_size // self.stride
+        side = config.vision.image_size // self.stride
         self.position_embedding = nn.Parameter(torch.zeros(side * side, config.d_model))
         nn.init.normal_(self.position_embedding, std=0.02)
-        self.pyramid_upsampling = config.pyramid_upsampling
-        self.n_views = config.n_views
-        self.image_size = config.image_size
+        self.pyramid_upsampling = config.vision.pyramid_upsampling
+        self.n_views = config.vision.n_views
+        self.image_size = config.vision.image_size
 
     @property
     def stride(self) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rrg_core.config import REVTAFConfig
+from rrg_core.config import REVTAFConfig, merge_overrides
 from rrg_core.indexing import build_index
 from rrg_core.model import REVTAF
 from rrg_core.observations import OBSERVATIONS, State
@@ -31,8 +31,8 @@ def tiny_tokenizer():
 
 def tiny_batch(tokenizer, config: REVTAFConfig, n: int = 6, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    size = config.image_size
-    images = torch.randn(n, config.n_views, 1, size, size, generator=g)
+    size = config.vision.image_size
+    images = torch.randn(n, config.vision.n_views, 1, size, size, generator=g)
     reports = [REPORTS[i % len(REPORTS)] for i in range(n)]
     enc = tokenizer(reports, add_special_tokens=False, padding=True, return_tensors="pt")
     states = torch.full((n, len(OBSERVATIONS)), int(State.BLANK))
@@ -52,7 +52,7 @@ def tiny_batch(tokenizer, config: REVTAFConfig, n: int = 6, seed: int = 0) -> di
 def tiny_model(seed: int = 0, **overrides) -> tuple[REVTAF, dict]:
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    config = REVTAFConfig.preset("tiny", vocab_size=len(tokenizer), **overrides)
+    config = REVTAFConfig.preset("tiny", **merge_overrides({"decoder": {"vocab_size": len(tokenizer)}}, overrides))
     model = REVTAF(config, tokenizer)
     batch = tiny_batch(tokenizer, config)
     model.index = build_index(model, [batch])

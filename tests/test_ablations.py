@@ -37,7 +37,7 @@ def test_report_has_every_table_and_the_head_tail_figure():
 @pytest.mark.slow
 def test_a_variant_trains_evaluates_and_is_reused(tmp_path):
     data = write_tiny_dataset(tmp_path / "data")
-    base = TrainConfig(data=str(data), preset="tiny", vocab_size=200, epochs=1, batch_size=4, warmup_steps=1)
+    base = TrainConfig(data=str(data), preset="tiny", wordpiece_vocab_size=200, epochs=1, batch_size=4, warmup_steps=1)
     first = run_variant(base, "+LRE", 0, tmp_path / "runs", test_limit=2)
     assert first["n"] == 2
     saved = tmp_path / "runs" / "lre" / "seed0"

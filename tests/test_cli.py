@@ -77,7 +77,7 @@ def test_json_has_one_record_per_file_and_a_bad_file_does_not_stop_the_rest(weig
     assert [r["study_id"] for r in good["references"]] == [r["study_id"] for r in expected["references"]]
     assert good["references"][0]["is_global_prompt"] and good["references"][0]["text"]
     distances = [r["distance"] for r in good["references"]]
-    assert distances == sorted(distances) and len(distances) == model.config.top_k
+    assert distances == sorted(distances) and len(distances) == model.config.retrieval.top_k
 
 
 def test_a_state_override_reaches_the_text_and_is_marked_as_the_readers(weights, files, capsys):

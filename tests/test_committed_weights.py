@@ -33,24 +33,30 @@ def _positives(report) -> set[str]:
 def test_iu_weights_load_with_the_recipe_they_were_trained_with():
     model = ReportPipeline.from_pretrained(WEIGHTS / "iu-xray-small")
     c = model.config
-    assert (c.feature_pyramid, c.prompt_offsets, c.entity_pooling, c.diagnosis_evidence) == (False, False, "alignment", False)
+    assert (c.vision.feature_pyramid, c.text.prompt_offsets, c.fvtaf.entity_pooling, c.diagnosis.reads_entity_scores) == (False, False, "alignment", False)
     assert model.model.index is not None and model.model.index.texts is None  # IU report text is never committed
     xray = read_xray(EXAMPLES / "normal.png")
     report = model([[xray, xray]], num_beams=1, max_new_tokens=30)[0]
-    assert report.text.strip() and len(report.references) == c.top_k
+    assert report.text.strip() and len(report.references) == c.retrieval.top_k
     assert report.attention[0].heatmap.shape == xray.pixels.shape
 
 
 def test_default_weights_use_the_current_recipe(default_model):
     c = default_model.config
-    assert (c.feature_pyramid, c.prompt_offsets, c.entity_pooling, c.diagnosis_evidence) == (True, True, "similarity", True)
+    assert (c.vision.feature_pyramid, c.text.prompt_offsets, c.fvtaf.entity_pooling, c.diagnosis.reads_entity_scores) == (True, True, "similarity", True)
     assert default_model.model.visual.lateral is not None and default_model.model.diagnosis.evidence is not None
-    assert c.pyramid_upsampling == "aligned" and c.sinkhorn_tol == REVTAFConfig().sinkhorn_tol
-    assert c.grounding_weight > 0  # its heatmaps are mask-supervised (the card says so)
+    assert c.vision.pyramid_upsampling == "aligned" and c.fvtaf.sinkhorn_tol == REVTAFConfig().fvtaf.sinkhorn_tol
+    assert c.fvtaf.grounding_weight > 0  # its heatmaps are mask-supervised (the card says so)
 
 
 # Fields that train.fit and train.release fill in from the data and the validation split.
-RELEASE_TUNED = {"vocab_size", "label_priors", "decision_adjustment"}
+RELEASE_TUNED = {"decoder.vocab_size", "diagnosis.label_priors", "diagnosis.decision_adjustment"}
+
+
+def _flat(config: dict) -> dict:
+    """{"section.field": value} of a config dict."""
+    return {f"{k}.{n}" if isinstance(v, dict) else k: w for k, v in config.items()
+            for n, w in (v.items() if isinstance(v, dict) else [(k, v)])}
 
 
 @pytest.mark.parametrize(("weights", "config"), [("synthcxr", "synthcxr-small"), ("iu-xray-small", "iu-xray-small")])
@@ -60,8 +66,8 @@ def test_the_cards_training_config_builds_the_committed_model(weights, config):
     be pinned in the training config of every release that predates it."""
     assert f"python -m train.fit --config {config}\n" in (WEIGHTS / weights / "README.md").read_text()
     train = TrainConfig.load(config)
-    fresh = train.model_config().to_dict()
-    committed = REVTAFConfig.load(WEIGHTS / weights / "config.json").to_dict()
+    fresh = _flat(train.model_config().to_dict())
+    committed = _flat(REVTAFConfig.load(WEIGHTS / weights / "config.json").to_dict())
     differing = {k for k in fresh if fresh[k] != committed[k]}
     assert differing <= RELEASE_TUNED, {k: (fresh[k], committed[k]) for k in differing - RELEASE_TUNED}
 
@@ -124,3 +130,13 @@ def test_reports_are_the_ones_the_weights_gave_before_the_architecture_change(we
         p = {f["observation"]: f["p_positive"] for f in report.findings()}
         assert np.allclose([p[o] for o in expected["p_positive"]], list(expected["p_positive"].values()), atol=1e-4)
         assert report.input_check.ood_score == pytest.approx(expected["ood_score"], abs=1e-3)
+
+
+@pytest.mark.parametrize("weights", ["synthcxr", "iu-xray-small"])
+def test_the_committed_flat_configs_are_converted_when_read(weights):
+    """The weights are not committed again to change their config's format: version 1 is read."""
+    on_disk = json.loads((WEIGHTS / weights / "config.json").read_text())
+    assert on_disk["format_version"] == 1
+    config = REVTAFConfig.load(WEIGHTS / weights / "config.json")
+    assert config.format_version == 2 and config.lre.dim == on_disk["hyperbolic_dim"]
+    assert config.decoder.vocab_size == on_disk["vocab_size"] and config.retrieval.top_k == on_disk["top_k"]

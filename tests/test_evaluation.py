@@ -69,7 +69,7 @@ def test_evaluate_reports_the_heads_auroc_on_a_tiny_model(tmp_path) -> None:
     result = evaluate(ReportPipeline(model), studies, progress=False)["diagnosis"]["auroc"]
 
     logits, states = diagnosis_logits(model, studies)
-    p_positive = model.diagnosis.decide(logits, model.config.decision_adjustment)[0][..., State.POSITIVE]
+    p_positive = model.diagnosis.decide(logits, model.config.diagnosis.decision_adjustment)[0][..., State.POSITIVE]
     positive = (states == State.POSITIVE).numpy()
     assert result["positives"] == dict(zip(OBSERVATIONS, positive.sum(0).tolist()))
     both_classes = [n for i, n in enumerate(OBSERVATIONS) if 0 < positive[:, i].sum() < len(studies)]

@@ -63,7 +63,7 @@ def test_items_carry_the_frontal_finding_masks_only_when_grounding_is_on(tmp_pat
     tokenizer = tiny_tokenizer()
     plain = StudyDataset(studies, REVTAFConfig.preset("tiny"), tokenizer)
     assert "masks" not in collate([plain[0], plain[2]])
-    grounded = StudyDataset(studies, REVTAFConfig.preset("tiny", grounding_weight=1.0), tokenizer, train=True)
+    grounded = StudyDataset(studies, REVTAFConfig.preset("tiny", fvtaf={"grounding_weight": 1.0}), tokenizer, train=True)
     batch = collate([grounded[0], grounded[2]])  # a normal study and one with a masked effusion
     assert batch["masks"].shape == (2, N_FINDING_PROMPTS, 64, 64)
     assert batch["masks"][0].max() == 0
@@ -71,7 +71,7 @@ def test_items_carry_the_frontal_finding_masks_only_when_grounding_is_on(tmp_pat
 
 
 def test_the_model_adds_the_weighted_grounding_term_and_it_trains_the_map():
-    model, batch = tiny_model(grounding_weight=2.0)
+    model, batch = tiny_model(fvtaf={"grounding_weight": 2.0})
     masks = torch.zeros(len(batch["states"]), N_FINDING_PROMPTS, 64, 64)
     masks[:, :, 32:, :32] = 1  # every present finding sits in the lower left
     batch = {**batch, "masks": masks}
@@ -90,13 +90,13 @@ def test_the_model_adds_the_weighted_grounding_term_and_it_trains_the_map():
 
 
 def test_without_masks_in_the_batch_the_term_is_zero():
-    model, batch = tiny_model(grounding_weight=1.0)
+    model, batch = tiny_model(fvtaf={"grounding_weight": 1.0})
     assert model(batch)["ground"].item() == 0
 
 
 def test_grounding_needs_the_region_maps():
     with pytest.raises(ValueError, match="grounding_weight"):
-        REVTAFConfig.preset("tiny", grounding_weight=1.0, use_lre=False, use_fvtaf=False)
+        REVTAFConfig.preset("tiny", fvtaf={"grounding_weight": 1.0, "enabled": False}, lre={"enabled": False})
 
 
 def test_the_entity_loss_supervises_the_finding_prompts_only():

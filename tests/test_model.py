@@ -23,7 +23,7 @@ def test_forward_returns_every_finite_loss_term():
     for term in LOSS_TERMS:
         assert torch.isfinite(losses[term]), term
     c = model.config
-    expected = (losses["lm"] + c.cls_weight * losses["cls"] + c.beta * losses["align"] + c.alpha * losses["rank"]
+    expected = (losses["lm"] + c.diagnosis.cls_weight * losses["cls"] + c.fvtaf.consistency_weight * losses["align"] + c.lre.rank_weight * losses["rank"]
                 + losses["entity"])
     assert torch.allclose(losses["loss"], expected)
     assert losses["rank"] > 0 and losses["align"] > 0 and losses["entity"] > 0
@@ -65,13 +65,13 @@ def test_generate_is_deterministic_and_carries_the_evidence():
     report = first[0]
     assert set(report.probabilities) == set(OBSERVATIONS)
     assert all(math.isclose(sum(p), 1.0, rel_tol=1e-5) for p in report.probabilities.values())
-    assert len(report.references) == model.config.top_k
+    assert len(report.references) == model.config.retrieval.top_k
     distances = [r.distance for r in report.references]
     assert distances == sorted(distances)
     assert report.references[0].is_global_prompt and not report.references[1].is_global_prompt
     kinds = {m.kind for m in report.attention}
     assert kinds == {"region", "global"}
-    assert len([m for m in report.attention if m.kind == "region"]) == len(model.config.prompts)
+    assert len([m for m in report.attention if m.kind == "region"]) == len(model.config.text.prompts)
     for m in report.attention:
         assert m.heatmap.shape == (80, 96) and m.heatmap.dtype == np.float32
         assert m.heatmap.min() >= 0 and math.isclose(float(m.heatmap.sum()), 1.0, rel_tol=1e-4)
@@ -89,7 +89,7 @@ def test_retrieval_matches_brute_force_arcosh():
     denom = (1 - c * (query**2).sum(-1))[:, None] * (1 - c * (index**2).sum(-1))[None]
     brute = torch.arccosh(1 + 2 * c * sq / denom) / math.sqrt(c)
     distances, indices = model.retrieve(query.float())
-    expected = brute.argsort(dim=1)[:, : model.config.top_k]
+    expected = brute.argsort(dim=1)[:, : model.config.retrieval.top_k]
     assert torch.equal(indices, expected)
     assert torch.allclose(distances.double(), brute.gather(1, expected), atol=1e-3)
 
@@ -150,7 +150,7 @@ def test_incompatible_or_corrupt_folders_fail_clearly(tmp_path):
 
 
 def test_switching_lre_off_retrieves_by_pooled_cosine():
-    model, batch = tiny_model(use_lre=False)
+    model, batch = tiny_model(lre={"enabled": False})
     assert model.lre is None and model.config.search_metric == "cosine"
     losses = model(batch)
     assert losses["rank"] == 0 and losses["align"] > 0
@@ -158,7 +158,7 @@ def test_switching_lre_off_retrieves_by_pooled_cosine():
 
 
 def test_switching_fvtaf_off_feeds_plain_patch_tokens():
-    model, batch = tiny_model(use_fvtaf=False)
+    model, batch = tiny_model(fvtaf={"enabled": False})
     assert model.fvtaf is not None and not model.fvtaf.fuses
     losses = model(batch)
     assert losses["align"] == 0 and losses["rank"] > 0
@@ -168,7 +168,7 @@ def test_switching_fvtaf_off_feeds_plain_patch_tokens():
 
 
 def test_switching_mpsa_off_uses_softmax_attention():
-    model, _ = tiny_model(use_mpsa=False)
+    model, _ = tiny_model(fvtaf={"mpsa": False})
     assert model.fvtaf.region_attention.mode == "softmax"
     assert model.fvtaf.global_attention.mode == "softmax"
     sinkhorn, _ = tiny_model()
@@ -176,7 +176,7 @@ def test_switching_mpsa_off_uses_softmax_attention():
 
 
 def test_all_switches_off_is_the_baseline():
-    model, batch = tiny_model(use_lre=False, use_fvtaf=False)
+    model, batch = tiny_model(lre={"enabled": False}, fvtaf={"enabled": False})
     assert model.fvtaf is None and model.lre is None and model.entity_scores is None
     losses = model(batch)
     assert losses["rank"] == 0 and losses["align"] == 0 and losses["entity"] == 0
@@ -184,7 +184,7 @@ def test_all_switches_off_is_the_baseline():
 
 
 def test_two_view_model_accepts_a_single_view_study():
-    model, _ = tiny_model(n_views=2)
+    model, _ = tiny_model(vision={"n_views": 2})
     model.eval()
     pixels = np.random.default_rng(0).random((100, 90), dtype=np.float32)
     reporter = ReportPipeline(model)
@@ -196,7 +196,7 @@ def test_two_view_model_accepts_a_single_view_study():
     assert {m.heatmap.shape for m in both.attention if m.view == 0} == {(100, 90)}
     assert {m.heatmap.shape for m in both.attention if m.view == 1} == {(70, 120)}
     named = {m.prompt: m.observation for m in both.attention if m.kind == "region"}
-    assert named[model.config.prompts[0]] == OBSERVATIONS[0]
+    assert named[model.config.text.prompts[0]] == OBSERVATIONS[0]
     assert named["right hilum"] is None
 
 
@@ -224,11 +224,11 @@ def test_heatmaps_can_be_capped_in_size_keeping_the_aspect_and_the_attention():
 
 def test_presets_build_and_the_tiny_one_is_tiny():
     config = REVTAFConfig.preset("tiny")
-    assert config.image_size == 64
+    assert config.vision.image_size == 64
     with pytest.raises(ValueError, match="unknown preset"):
         REVTAFConfig.preset("huge")
     tokenizer = tiny_batch.__globals__["tiny_tokenizer"]()
-    small = REVTAF(REVTAFConfig.preset("small", vocab_size=len(tokenizer)), tokenizer)
+    small = REVTAF(REVTAFConfig.preset("small", decoder={"vocab_size": len(tokenizer)}), tokenizer)
     assert 5e6 < sum(p.numel() for p in small.parameters()) < 30e6
 
 
@@ -246,8 +246,8 @@ def test_decision_adjustment_trades_positives_for_precision():
 
 def test_feature_pyramid_halves_the_token_stride_and_uses_both_stages():
     fine, batch = tiny_model()
-    coarse, _ = tiny_model(feature_pyramid=False)
-    size = fine.config.image_size
+    coarse, _ = tiny_model(vision={"feature_pyramid": False})
+    size = fine.config.vision.image_size
     assert fine.visual(batch["images"]).grid == (size // 8, size // 8)
     assert coarse.visual(batch["images"]).grid == (size // 16, size // 16)
     fine.visual(batch["images"]).tokens.square().sum().backward()
@@ -276,7 +276,7 @@ def test_heatmaps_put_each_token_on_its_receptive_field(feature_pyramid):
     from rrg_core.visual_encoder import VisualEncoder
 
     torch.manual_seed(0)
-    config = REVTAFConfig.preset("tiny", image_size=128, feature_pyramid=feature_pyramid)
+    config = REVTAFConfig.preset("tiny", vision={"image_size": 128, "feature_pyramid": feature_pyramid})
     encoder = VisualEncoder(config).eval()
     images = torch.randn(8, 1, 1, 128, 128)
     grid = encoder(images).grid
@@ -328,7 +328,7 @@ def test_similarity_pooling_is_a_soft_maximum_of_the_mpsa_cosine():
     region = model.encode(batch["images"]).region
     scores = model.entity_scores
     pooled = (scores(region) - scores.bias) / scores.scale
-    t = model.config.sinkhorn_epsilon
+    t = model.config.fvtaf.sinkhorn_epsilon
     expected = t * (torch.logsumexp(region.similarity / t, -1) - math.log(region.similarity.shape[-1]))
     torch.testing.assert_close(pooled, expected)
     # between the mean and the maximum of the cosines, and close to the maximum at this temperature
@@ -336,7 +336,8 @@ def test_similarity_pooling_is_a_soft_maximum_of_the_mpsa_cosine():
 
 
 def test_alignment_pooling_still_reads_the_dot_product():
-    model, batch = tiny_model(entity_pooling="alignment", prompt_offsets=False, diagnosis_evidence=False)
+    model, batch = tiny_model(fvtaf={"entity_pooling": "alignment"}, text={"prompt_offsets": False},
+                              diagnosis={"reads_entity_scores": False})
     region = model.encode(batch["images"]).region
     expected = torch.logsumexp(region.alignment, -1) - math.log(region.alignment.shape[-1])
     torch.testing.assert_close(model.entity_scores(region), expected)  # scale 1, bias 0 at init
@@ -366,10 +367,10 @@ def test_prompt_offsets_are_added_to_the_prompt_text_embeddings():
     model, batch = tiny_model()
     model.eval()
     encoded = model.encode(batch["images"])
-    torch.testing.assert_close(encoded.prompts[0], model.text(model.config.prompts) + model.prompt_offsets)
+    torch.testing.assert_close(encoded.prompts[0], model.text(model.config.text.prompts) + model.prompt_offsets)
     with torch.no_grad():
         model.prompt_offsets.zero_()
-    torch.testing.assert_close(model.encode(batch["images"]).prompts[0], model.text(model.config.prompts))
+    torch.testing.assert_close(model.encode(batch["images"]).prompts[0], model.text(model.config.text.prompts))
 
 
 def test_prompt_embeddings_are_kept_at_inference_until_a_weight_changes():
@@ -389,13 +390,13 @@ def test_prompt_embeddings_are_kept_at_inference_until_a_weight_changes():
 
 
 def test_image_only_needs_the_entity_scores():
-    model, batch = tiny_model(use_lre=False, use_fvtaf=False)
+    model, batch = tiny_model(lre={"enabled": False}, fvtaf={"enabled": False})
     with pytest.raises(ValueError, match="image_only needs the entity scores"):
         model(batch, image_only=True)
     full, _ = tiny_model()
     losses = full(batch, image_only=True)
     assert losses["lm"] == 0 and losses["cls"] == 0 and losses["entity"] > 0
-    torch.testing.assert_close(losses["loss"], full.config.entity_weight * losses["entity"])
+    torch.testing.assert_close(losses["loss"], full.config.fvtaf.entity_weight * losses["entity"])
     calls = []
     full.lre.register_forward_hook(lambda *args: calls.append(1))
     full(batch, image_only=True)

@@ -76,7 +76,7 @@ def test_release_evaluates_on_fresh_phantoms_and_writes_a_compact_carded_folder(
 
     data = write_tiny_dataset(tmp_path / "data")
     run = tmp_path / "run"
-    fit(TrainConfig(data=str(data), preset="tiny", vocab_size=200, epochs=1, batch_size=4, warmup_steps=1,
+    fit(TrainConfig(data=str(data), preset="tiny", wordpiece_vocab_size=200, epochs=1, batch_size=4, warmup_steps=1,
                     out_dir=str(run), origin="--config tiny-made-up --set epochs=1"))
     out = tmp_path / "released"
     release.main(["--run", str(run), "--out", str(out), "--eval-phantoms", "8", "--eval-seed", "3", "--half",

@@ -19,9 +19,9 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 
 def test_overrides_parse_json_values():
-    assert parse_overrides(["epochs=2", "model={\"use_lre\": false}", "out_dir=runs/x"]) == {
+    assert parse_overrides(["epochs=2", "model={\"lre\": {\"enabled\": false}}", "out_dir=runs/x"]) == {
         "epochs": 2,
-        "model": {"use_lre": False},
+        "model": {"lre": {"enabled": False}},
         "out_dir": "runs/x",
     }
 
@@ -29,7 +29,7 @@ def test_overrides_parse_json_values():
 def test_a_loaded_config_records_the_arguments_that_reproduce_it():
     import shlex
 
-    cfg = TrainConfig.load("synthcxr-small", epochs=5, out_dir="runs/a b", model={"image_size": 96})
+    cfg = TrainConfig.load("synthcxr-small", epochs=5, out_dir="runs/a b", model={"vision": {"image_size": 96}})
     argv = shlex.split(cfg.origin)
     assert argv[:2] == ["--config", "synthcxr-small"] and argv[2] == "--set"
     assert TrainConfig.load(argv[1], **parse_overrides(argv[3:])) == cfg
@@ -38,16 +38,24 @@ def test_a_loaded_config_records_the_arguments_that_reproduce_it():
 
 def test_a_model_override_is_merged_into_the_configs_model():
     base = TrainConfig.load("iu-xray-small").model
-    cfg = TrainConfig.load("iu-xray-small", model={"use_lre": False, "image_size": 96})
-    assert cfg.model == {**base, "use_lre": False, "image_size": 96}
-    assert cfg.model["n_views"] == 2 and cfg.model["feature_pyramid"] is False  # kept from the config
+    cfg = TrainConfig.load("iu-xray-small", model={"lre": {"enabled": False}, "vision": {"image_size": 96}})
+    assert cfg.model == {**base, "lre": {"enabled": False}, "vision": {**base["vision"], "image_size": 96}}
+    assert cfg.model["vision"]["n_views"] == 2 and cfg.model["vision"]["feature_pyramid"] is False  # kept
+
+
+def test_a_run_from_before_the_nested_config_still_loads():
+    """train_config.json of older runs holds flat model overrides and the old vocabulary name."""
+    old = TrainConfig.from_dict({"model": {"use_lre": False, "image_size": 96, "alpha": 1.0}, "vocab_size": 300})
+    assert old.wordpiece_vocab_size == 300
+    assert old.model == {"lre": {"enabled": False, "rank_weight": 1.0}, "vision": {"image_size": 96}}
+    assert not old.model_config().lre.enabled and old.model_config().vision.image_size == 96
 
 
 @pytest.mark.slow
 def test_tiny_fit_resume_and_evaluate(tmp_path, capsys):
     data = write_tiny_dataset(tmp_path / "data", masks=True)
     cfg = TrainConfig(
-        data=str(data), preset="tiny", vocab_size=200, epochs=1, batch_size=4, lr=1e-3, min_lr=1e-4,
+        data=str(data), preset="tiny", wordpiece_vocab_size=200, epochs=1, batch_size=4, lr=1e-3, min_lr=1e-4,
         warmup_steps=2, log_every=1, out_dir=str(tmp_path / "run"),
     )
     best = fit(cfg)
@@ -82,9 +90,9 @@ def test_image_warmup_epochs_train_the_image_side_alone(tmp_path, capsys):
 
     data = write_tiny_dataset(tmp_path / "data", masks=True)
     cfg = TrainConfig(
-        data=str(data), preset="tiny", vocab_size=200, epochs=2, image_warmup_epochs=1, batch_size=4,
+        data=str(data), preset="tiny", wordpiece_vocab_size=200, epochs=2, image_warmup_epochs=1, batch_size=4,
         lr=1e-3, min_lr=1e-4, warmup_steps=2, log_every=1, out_dir=str(tmp_path / "run"),
-        model={"grounding_weight": 1.0},
+        model={"fvtaf": {"grounding_weight": 1.0}},
     )
     best = fit(cfg)
     rows = list(csv.DictReader((tmp_path / "run" / "train.csv").open()))
@@ -101,8 +109,8 @@ def test_image_warmup_epochs_train_the_image_side_alone(tmp_path, capsys):
 
 def test_grounding_without_masks_in_the_data_is_refused(tmp_path):
     data = write_tiny_dataset(tmp_path / "data", masks=False)
-    cfg = TrainConfig(data=str(data), preset="tiny", vocab_size=200, epochs=1, out_dir=str(tmp_path / "run"),
-                      model={"grounding_weight": 1.0})
+    cfg = TrainConfig(data=str(data), preset="tiny", wordpiece_vocab_size=200, epochs=1, out_dir=str(tmp_path / "run"),
+                      model={"fvtaf": {"grounding_weight": 1.0}})
     with pytest.raises(SystemExit, match="no training study .* has finding masks"):
         fit(cfg)
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from rrg_core import model as model_module
 from rrg_core.__main__ import main
 from rrg_core.checkpoint import WEIGHTS_NAME
+from rrg_core.config import merge_overrides
 from rrg_core.config import REVTAFConfig
 from rrg_core.model import CONFIG_NAME, REVTAF
 
@@ -30,8 +31,9 @@ def _copy(good: Path, tmp_path: Path) -> Path:
 
 
 def _edit_config(folder: Path, **changes) -> Path:
+    """``changes``: top-level values, or a section's values as a dict merged into it."""
     path = folder / CONFIG_NAME
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    path.write_text(json.dumps(merge_overrides(json.loads(path.read_text()), changes)))
     return folder
 
 
@@ -45,12 +47,14 @@ def _poison_weights(folder: Path, value: float) -> Path:
 @pytest.mark.parametrize(
     "change, sentence",
     [
-        ({"hyperbolic_dim": "big"}, "config.json: hyperbolic_dim must be a whole number, got 'big'"),
+        ({"lre": {"dim": "big"}}, "config.json: lre.dim must be a whole number, got 'big'"),
         ({"dropout": 3}, "config.json: dropout must lie between 0 and 0.99, got 3"),
-        ({"use_lre": "yes"}, "config.json: use_lre must be true or false, got 'yes'"),
-        ({"resnet_depths": [1, None]}, "config.json: resnet_depths must be a list of whole numbers"),
+        ({"lre": {"enabled": "yes"}}, "config.json: lre.enabled must be true or false, got 'yes'"),
+        ({"vision": {"depths": [1, None]}}, "config.json: vision.depths must be a list of whole numbers"),
         ({"d_model": 33}, "config.json: d_model (33) must be a multiple of n_heads (2)"),
-        ({"decoder_hidden": 4096}, "tensor(s) have the wrong shape"),
+        ({"vision": {"n_views": 3}}, "config.json: vision.n_views must be one of [1, 2], got 3"),
+        ({"lre": "big"}, "config.json: lre must be a JSON object"),
+        ({"decoder": {"hidden": 4096}}, "tensor(s) have the wrong shape"),
     ],
 )
 def test_a_bad_config_is_one_sentence_and_exit_2(good, tmp_path, capsys, change, sentence):
@@ -64,7 +68,7 @@ def test_a_bad_config_is_one_sentence_and_exit_2(good, tmp_path, capsys, change,
 
 def test_a_mismatched_config_is_refused_before_the_model_is_allocated(good, tmp_path, monkeypatch):
     """decoder_hidden 4096 once built a 3.6 GB model before the shape check: now only the meta device sees it."""
-    folder = _edit_config(_copy(good, tmp_path), decoder_hidden=4096)
+    folder = _edit_config(_copy(good, tmp_path), decoder={"hidden": 4096})
     built_on = []
     real_init = model_module.REVTAF.__init__
 
@@ -91,13 +95,13 @@ def test_non_finite_weights_are_refused(good, tmp_path, capsys, value):
 def test_the_app_refuses_a_bad_folder_with_the_same_sentence(good, tmp_path, capsys):
     import app
 
-    folder = _edit_config(_copy(good, tmp_path), hyperbolic_dim="big")
+    folder = _edit_config(_copy(good, tmp_path), lre={"dim": "big"})
     assert app.main(["--weights", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert err == "app.py: cannot start: config.json: hyperbolic_dim must be a whole number, got 'big'\n"
+    assert err == "app.py: cannot start: config.json: lre.dim must be a whole number, got 'big'\n"
 
 
 def test_a_good_folder_still_loads_and_presets_pass_their_own_checks(good):
-    assert REVTAF.from_pretrained(good).config.hyperbolic_dim == json.loads((good / CONFIG_NAME).read_text())["hyperbolic_dim"]
+    assert REVTAF.from_pretrained(good).config.lre.dim == json.loads((good / CONFIG_NAME).read_text())["lre"]["dim"]
     for name in ("tiny", "small", "paper"):
         REVTAFConfig.preset(name)

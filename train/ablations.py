@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rrg_core.config import merge_overrides
 from rrg_core.datasets import load_split
 from rrg_core.evaluation import evaluate
 from rrg_core.metrics import PAPER_COLUMNS
@@ -34,13 +35,13 @@ from .config import TrainConfig
 from .fit import fit, resolve_data
 
 VARIANTS: dict[str, dict] = {
-    "baseline (PromptMRG-like)": {"use_lre": False, "use_fvtaf": False},
-    "+LRE": {"use_lre": True, "use_fvtaf": False},
-    "+FVTAF": {"use_lre": False, "use_fvtaf": True},
+    "baseline (PromptMRG-like)": {"lre": {"enabled": False}, "fvtaf": {"enabled": False}},
+    "+LRE": {"lre": {"enabled": True}, "fvtaf": {"enabled": False}},
+    "+FVTAF": {"lre": {"enabled": False}, "fvtaf": {"enabled": True}},
     "REVTAF (LRE + FVTAF)": {},
-    "REVTAF, cosine retrieval": {"retrieval_metric": "cosine"},
-    "REVTAF, euclidean retrieval": {"retrieval_metric": "euclidean"},
-    "REVTAF, softmax cross-attention": {"use_mpsa": False},
+    "REVTAF, cosine retrieval": {"retrieval": {"metric": "cosine"}},
+    "REVTAF, euclidean retrieval": {"retrieval": {"metric": "euclidean"}},
+    "REVTAF, softmax cross-attention": {"fvtaf": {"mpsa": False}},
 }
 TABLES = {
     "Table 1: components": ["baseline (PromptMRG-like)", "+LRE", "+FVTAF", "REVTAF (LRE + FVTAF)"],
@@ -64,11 +65,11 @@ def run_variant(base: TrainConfig, name: str, seed: int, root: Path, test_limit:
     out = done.parent
     if done.is_file():
         return json.loads(done.read_text())
-    cfg = dataclasses.replace(base, seed=seed, out_dir=str(out), model={**base.model, **VARIANTS[name]})
+    cfg = dataclasses.replace(base, seed=seed, out_dir=str(out), model=merge_overrides(base.model, VARIANTS[name]))
     # The image warm-up trains the entity scores, which only LRE/FVTAF have: the baseline spends
     # the same number of epochs on the full objective instead.
     variant = cfg.model_config()
-    if not (variant.use_lre or variant.use_fvtaf):
+    if not variant.aligns:
         cfg.image_warmup_epochs = 0
     torch.manual_seed(seed)
     best = fit(cfg)

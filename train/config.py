@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rrg_core.config import REVTAFConfig
+from rrg_core.config import FLAT_NAMES, REVTAFConfig, convert_flat, merge_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -23,7 +23,7 @@ class TrainConfig:
     # model
     preset: str = "small"
     model: dict[str, Any] = field(default_factory=dict)  # REVTAFConfig overrides (ablation switches, sizes)
-    vocab_size: int = 2000
+    wordpiece_vocab_size: int = 2000  # the WordPiece vocabulary trained on the reports (no Hub decoder)
     # optimisation (paper: AdamW, warm-up from 5e-7 over 2,000 steps, cosine 5e-5 -> 5e-6, wd 0.05)
     epochs: int = 10
     # The first epochs train the image side alone on the labels (REVTAF.forward image_only):
@@ -49,6 +49,8 @@ class TrainConfig:
     origin: str = ""
 
     def __post_init__(self) -> None:
+        if any(key in FLAT_NAMES and FLAT_NAMES[key][0] for key in self.model):  # a run from before format 2
+            self.model = convert_flat(self.model, complete=False)
         if not 0 <= self.image_warmup_epochs < self.epochs:
             raise SystemExit(
                 f"image_warmup_epochs ({self.image_warmup_epochs}) must be at least 0 and below epochs "
@@ -59,7 +61,7 @@ class TrainConfig:
     def load(cls, name_or_path: str, **overrides: Any) -> TrainConfig:
         """A config by name (train/configs/NAME.json) or path, with overrides applied on top; a
         ``model`` override is merged into the config's model overrides (``--set
-        model='{"use_lre": false}'`` keeps the config's views, image size and pinned choices)."""
+        model='{"lre": {"enabled": false}}'`` keeps the config's views, image size and pinned choices)."""
         path = Path(name_or_path)
         if not path.suffix:
             path = CONFIG_DIR / f"{name_or_path}.json"
@@ -76,8 +78,16 @@ class TrainConfig:
             origin += " --set " + " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in overrides.items())
         merged = {**data, **overrides, "origin": origin}
         if isinstance(overrides.get("model"), dict):
-            merged["model"] = {**data.get("model", {}), **overrides["model"]}
+            merged["model"] = merge_overrides(data.get("model", {}), overrides["model"])
         return cls(**merged)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A run's train_config.json; runs from before the rename call the WordPiece size vocab_size."""
+        data = dict(data)
+        if "vocab_size" in data:
+            data["wordpiece_vocab_size"] = data.pop("vocab_size")
+        return cls(**data)
 
     def model_config(self) -> REVTAFConfig:
         """The model this run trains: the preset with the config's model overrides (before the

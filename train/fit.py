@@ -105,12 +105,13 @@ def make_model(cfg: TrainConfig, train_studies, out: Path, resume: bool) -> REVT
     if resume and (out / "model_config.json").is_file():
         return REVTAF(REVTAFConfig.load(out / "model_config.json"), load_tokenizer(out / "tokenizer"))
     config = cfg.model_config()
-    if config.decoder_hub_id:
-        tokenizer = load_tokenizer(config.decoder_hub_id)
+    if config.decoder.hub_id:
+        tokenizer = load_tokenizer(config.decoder.hub_id)
     else:
-        tokenizer = train_tokenizer((normalize_report(s.report, cfg.dataset) for s in train_studies), cfg.vocab_size)
-    config.vocab_size = len(tokenizer)
-    config.label_priors = label_priors(train_studies).tolist()
+        reports = (normalize_report(s.report, cfg.dataset) for s in train_studies)
+        tokenizer = train_tokenizer(reports, cfg.wordpiece_vocab_size)
+    config = config.replace(decoder={"vocab_size": len(tokenizer)},
+                            diagnosis={"label_priors": label_priors(train_studies).tolist()})
     tokenizer.save_pretrained(out / "tokenizer")
     config.save(out / "model_config.json")
     return REVTAF(config, tokenizer)
@@ -154,7 +155,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     val_studies = splits["val"][: cfg.max_val_studies]
     with accelerator.main_process_first():
         model = make_model(cfg, train_studies, out, resume)
-    if model.config.grounding_weight and not any(s.mask_paths for s in train_studies):
+    if model.config.fvtaf.grounding_weight and not any(s.mask_paths for s in train_studies):
         raise SystemExit(f"grounding_weight is set but no training study in {cfg.data} has finding masks")
     core = model  # the unwrapped model: index, saving, generation
     train_loader = loader(train_studies, core, cfg, train=True)

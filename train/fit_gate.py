@@ -76,7 +76,7 @@ def statistics_of(model: REVTAF, pixels: list[np.ndarray]) -> torch.Tensor:
     """Gate statistics of grayscale images as the model would read them (frontal view)."""
     c = model.config
     prepared = torch.stack([prepare_study([p], model.config)[0, 0] for p in pixels])
-    return image_statistics((prepared * c.image_std + c.image_mean).clamp(0, 1))
+    return image_statistics((prepared * c.vision.image_std + c.vision.image_mean).clamp(0, 1))
 
 
 def frontal_pixels(studies: list[Study]) -> list[np.ndarray]:

@@ -26,8 +26,8 @@ def write_model_card(
     config = REVTAFConfig.load(folder / "config.json")
     index_info = folder / "reference_index.json"
     n_refs = len(json.loads(index_info.read_text())["study_ids"]) if index_info.is_file() else 0
-    switches = f"LRE {'on' if config.use_lre else 'off'}, FVTAF {'on' if config.use_fvtaf else 'off'}, " \
-               f"attention {'MPSA (Sinkhorn)' if config.use_mpsa else 'softmax'}"
+    switches = f"LRE {'on' if config.lre.enabled else 'off'}, FVTAF {'on' if config.fvtaf.enabled else 'off'}, " \
+               f"attention {'MPSA (Sinkhorn)' if config.fvtaf.mpsa else 'softmax'}"
     lines = [
         "---",
         f"license: {license}",
@@ -44,9 +44,9 @@ def write_model_card(
         "",
         "## Model",
         "",
-        f"REVTAF ({switches}); images {config.image_size} px, {config.n_views} view(s); "
-        f"d_model {config.d_model}; decoder {config.decoder_layers} layers x {config.decoder_hidden}; "
-        f"hyperbolic dim {config.hyperbolic_dim}, curvature {config.curvature}; top-k {config.top_k}; "
+        f"REVTAF ({switches}); images {config.vision.image_size} px, {config.vision.n_views} view(s); "
+        f"d_model {config.d_model}; decoder {config.decoder.layers} layers x {config.decoder.hidden}; "
+        f"hyperbolic dim {config.lre.dim}, curvature {config.lre.curvature}; top-k {config.retrieval.top_k}; "
         f"reference index of {n_refs} studies.",
         "",
         "## Reproduce",

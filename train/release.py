@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.no_texts and model.index is not None:
         model.index.texts = None
     # Tune each observation's decision threshold on the run's validation split (decision.json).
-    val = load_split(resolve_data(TrainConfig(**train_config)), "val")[: train_config.get("max_val_studies")]
+    val = load_split(resolve_data(TrainConfig.from_dict(train_config)), "val")[: train_config.get("max_val_studies")]
     reporter.decision = fit_decision_rule(model, val, dataset=train_config["dataset"],
                                           fitted_on=f"the validation split of {run} ({len(val)} studies)")
     print("decision thresholds:", json.dumps(reporter.decision.thresholds))
@@ -120,7 +120,7 @@ def _gate_arguments(args: argparse.Namespace, train_config: dict) -> list[str]:
     if train_config.get("data") == "synthcxr":
         gate += ["--phantoms", "600"]
     else:
-        gate += ["--data", str(resolve_data(TrainConfig(**train_config)))]
+        gate += ["--data", str(resolve_data(TrainConfig.from_dict(train_config)))]
     if args.eval_phantoms:
         gate += ["--test-phantoms", str(args.eval_phantoms), "--test-seed", str(args.eval_seed)]
     elif args.eval_split == "test":
