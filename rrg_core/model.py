@@ -244,7 +244,8 @@ class REVTAF(
         losses["lm"] = self.decoder.loss(memory, states, batch["report_ids"], batch["report_mask"])
 
         losses["loss"] = (
-            losses["lm"] + c.diagnosis.cls_weight * losses["cls"] + c.fvtaf.consistency_weight * losses["align"] + c.lre.rank_weight * losses["rank"]
+            losses["lm"] + c.diagnosis.cls_weight * losses["cls"] + c.fvtaf.consistency_weight * losses["align"]
+            + c.lre.rank_weight * losses["rank"]
             + image_side
         )
         return losses

@@ -155,8 +155,8 @@ class ReportPipeline:
                 references=self._references(diagnosis, b),
                 attention=self._attention_maps(encoding, decoding, b, sizes[b]),
                 overrides={o: STATE_NAMES[s] for o, s in overrides[b].items()},
-                decision_rules={o: rule_text(o, self.decision, self.config.diagnosis.decision_adjustment, o in overrides[b], shown)
-                                for o in OBSERVATIONS},
+                decision_rules={o: rule_text(o, self.decision, self.config.diagnosis.decision_adjustment,
+                                             o in overrides[b], shown) for o in OBSERVATIONS},
                 consistency=consistency,
                 map_right_shares=shares,
             ))

@@ -31,10 +31,11 @@ def prepare_study(views: Sequence[object], config: REVTAFConfig) -> Tensor:
     arrays = [getattr(v, "pixels", v) for v in views]
     if not 1 <= len(arrays) <= 2:
         raise ValueError(f"a study has 1 or 2 views, got {len(arrays)}")
-    if len(arrays) < config.vision.n_views:
-        arrays = arrays * config.vision.n_views
-    c = config
-    return torch.stack([prepare_image(a, c.vision.image_size, c.vision.image_mean, c.vision.image_std) for a in arrays[: c.vision.n_views]])
+    vision = config.vision
+    if len(arrays) < vision.n_views:
+        arrays = arrays * vision.n_views
+    return torch.stack([prepare_image(a, vision.image_size, vision.image_mean, vision.image_std)
+                        for a in arrays[: vision.n_views]])
 
 
 # Heatmaps are upsampled to at most this many pixels on the long side: a full-size radiograph's 35

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from .config import REVTAFConfig
 from .datasets import Study
 from .observations import OBSERVATIONS, labels_to_states
-from .preprocessing import prepare_image
+from .preprocessing import prepare_study
 from .prompts import FINDING_PROMPTS, N_FINDING_PROMPTS
 from .report_text import normalize_report
 from .xray_io import read_xray
@@ -97,17 +97,15 @@ class StudyDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         study = self.studies[i]
         c = self.config
-        views = self.load_views(study)
-        if len(views) < c.vision.n_views:
-            views = views * c.vision.n_views
-        images = torch.stack([prepare_image(v, c.vision.image_size, c.vision.image_mean, c.vision.image_std) for v in views[: c.vision.n_views]])
+        images = prepare_study(self.load_views(study), c)
         masks = finding_masks(study, c.vision.image_size) if c.fvtaf.grounding_weight else None
         if self.train:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
             frontal, masks = augment(images[0], generator, masks)
             images = torch.stack([frontal] + [augment(view, generator)[0] for view in images[1:]])
         report = normalize_report(study.report, self.dataset)
-        ids = self.tokenizer(report, add_special_tokens=False, truncation=True, max_length=c.decoder.max_report_tokens)["input_ids"]
+        ids = self.tokenizer(report, add_special_tokens=False, truncation=True,
+                             max_length=c.decoder.max_report_tokens)["input_ids"]
         item = {
             "images": images,
             "report": report,

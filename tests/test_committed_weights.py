@@ -33,7 +33,8 @@ def _positives(report) -> set[str]:
 def test_iu_weights_load_with_the_recipe_they_were_trained_with():
     model = ReportPipeline.from_pretrained(WEIGHTS / "iu-xray-small")
     c = model.config
-    assert (c.vision.feature_pyramid, c.text.prompt_offsets, c.fvtaf.entity_pooling, c.diagnosis.reads_entity_scores) == (False, False, "alignment", False)
+    recipe = (c.vision.feature_pyramid, c.text.prompt_offsets, c.fvtaf.entity_pooling, c.diagnosis.reads_entity_scores)
+    assert recipe == (False, False, "alignment", False)
     assert model.model.index is not None and model.model.index.texts is None  # IU report text is never committed
     xray = read_xray(EXAMPLES / "normal.png")
     report = model([[xray, xray]], num_beams=1, max_new_tokens=30)[0]
@@ -43,7 +44,8 @@ def test_iu_weights_load_with_the_recipe_they_were_trained_with():
 
 def test_default_weights_use_the_current_recipe(default_model):
     c = default_model.config
-    assert (c.vision.feature_pyramid, c.text.prompt_offsets, c.fvtaf.entity_pooling, c.diagnosis.reads_entity_scores) == (True, True, "similarity", True)
+    recipe = (c.vision.feature_pyramid, c.text.prompt_offsets, c.fvtaf.entity_pooling, c.diagnosis.reads_entity_scores)
+    assert recipe == (True, True, "similarity", True)
     assert default_model.model.visual.lateral is not None and default_model.model.diagnosis.evidence is not None
     assert c.vision.pyramid_upsampling == "aligned" and c.fvtaf.sinkhorn_tol == REVTAFConfig().fvtaf.sinkhorn_tol
     assert c.fvtaf.grounding_weight > 0  # its heatmaps are mask-supervised (the card says so)

@@ -23,7 +23,8 @@ def test_forward_returns_every_finite_loss_term():
     for term in LOSS_TERMS:
         assert torch.isfinite(losses[term]), term
     c = model.config
-    expected = (losses["lm"] + c.diagnosis.cls_weight * losses["cls"] + c.fvtaf.consistency_weight * losses["align"] + c.lre.rank_weight * losses["rank"]
+    expected = (losses["lm"] + c.diagnosis.cls_weight * losses["cls"] + c.fvtaf.consistency_weight * losses["align"]
+                + c.lre.rank_weight * losses["rank"]
                 + losses["entity"])
     assert torch.allclose(losses["loss"], expected)
     assert losses["rank"] > 0 and losses["align"] > 0 and losses["entity"] > 0

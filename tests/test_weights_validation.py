@@ -14,8 +14,7 @@ from safetensors.torch import load_file, save_file
 from rrg_core import model as model_module
 from rrg_core.__main__ import main
 from rrg_core.checkpoint import WEIGHTS_NAME
-from rrg_core.config import merge_overrides
-from rrg_core.config import REVTAFConfig
+from rrg_core.config import REVTAFConfig, merge_overrides
 from rrg_core.model import CONFIG_NAME, REVTAF
 
 
