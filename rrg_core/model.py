@@ -44,6 +44,7 @@ from .lre import EntityScores, LearnableRetrievalEnhancer, entity_loss
 from .mpsa import MPSAOutput
 from .reference_index import ReferenceIndex
 from .report_text import split_sentences
+from .retriever import Retriever
 from .text_encoder import TextEncoder
 from .tokenizer import load_tokenizer
 from .visual_encoder import VisualEncoder, VisualFeatures
@@ -126,12 +127,21 @@ class REVTAF(
         self.lre = LearnableRetrievalEnhancer(config) if config.lre.enabled else None
         self.diagnosis = DiagnosisHead(config)
         self.decoder = ReportDecoder(config, tokenizer)
-        self.index = index
+        self.retriever = Retriever(index, config.retrieval.top_k, config.search_metric)
         self._prompt_cache: tuple[int, Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
         return self.diagnosis.query.device
+
+    @property
+    def index(self) -> ReferenceIndex | None:
+        """The training studies retrieved from (saved beside the weights, not in them)."""
+        return self.retriever.index
+
+    @index.setter
+    def index(self, index: ReferenceIndex | None) -> None:
+        self.retriever.attach(index)
 
     @property
     def fuses(self) -> bool:
@@ -171,19 +181,12 @@ class REVTAF(
     def retrieve(self, query: Tensor, exclude_ids: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
         """The top-k references of each query: (distances [B, k], indices [B, k]). ``exclude_ids``
         (training) keeps each study from retrieving itself."""
-        if self.index is None or len(self.index) == 0:
-            raise RuntimeError("the model has no reference index: build one with train.build_index or rrg_core.build_index")
-        k = min(self.config.retrieval.top_k, len(self.index) - (1 if exclude_ids is not None else 0))
-        if k < 1:
-            raise RuntimeError("the reference index is too small to retrieve from")
-        return self.index.search(query.detach().float(), k, metric=self.config.search_metric, exclude_ids=exclude_ids)
+        return self.retriever.search(query, exclude_ids)
 
     def diagnose(self, encoding: Encoding, exclude_ids: Sequence[str] | None = None) -> Diagnosis:
         """Retrieve, then read the image and its top-k references' reports and labels."""
         distances, indices = self.retrieve(encoding.query, exclude_ids)
-        text = self.index.report_embeddings(indices)
-        reference_states = self.index.label_states[indices.cpu()].to(self.device).long()
-        logits = self.diagnosis(encoding.visual.pooled, text, reference_states, encoding.entity_logits)
+        logits = self.diagnosis(encoding.visual.pooled, *self.retriever.reports(indices), encoding.entity_logits)
         probabilities, states = self.diagnosis.decide(logits, self.config.diagnosis.decision_adjustment)
         return Diagnosis(logits, probabilities, states, distances, indices)
 
@@ -200,7 +203,7 @@ class REVTAF(
         return torch.cat(parts, dim=1), global_
 
     def _global(self, encoding: Encoding, top1: Tensor) -> tuple[MPSAOutput, Tensor, Tensor]:
-        sentences, mask = self.index.gather(top1)
+        sentences, mask = self.retriever.sentences_of(top1)
         return self.fvtaf.align_global(encoding.visual.tokens, sentences, mask), sentences, mask
 
     # ------------------------------------------------------------------ training

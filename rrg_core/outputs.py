@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .faithful import Consistency
-from .observations import OBSERVATIONS, STATE_NAMES, group_of
+from .observations import OBSERVATIONS, STATE_NAMES, State, group_of
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Report:
     """A generated report for one study, with per-finding probabilities, references and maps."""
 
     text: str  # the draft as prose; it agrees with ``states`` (rrg_core.faithful)
-    probabilities: dict[str, list[float]]  # observation -> probabilities of the 4 states
+    probabilities: dict[str, list[float]]  # observation -> probabilities of the 4 states, indexed by State
     states: list[int]  # the State per observation the text was written from, OBSERVATIONS order
     references: list[Reference] = field(default_factory=list)
     attention: list[AttentionMap] = field(default_factory=list)
@@ -127,11 +127,11 @@ class Report:
                     "state": STATE_NAMES[state],
                     "set_by": "reader" if name in self.overrides else "model",
                     "decision_rule": self.decision_rules.get(name),
-                    "p_positive": float(self.calibrated[name] if self.calibrated else p[1]),
-                    "p_positive_raw": float(p[1]),
-                    "p_uncertain": float(p[3]),
-                    "p_negative": float(p[2]),
-                    "p_not_mentioned": float(p[0]),
+                    "p_positive": float(self.calibrated[name] if self.calibrated else p[State.POSITIVE]),
+                    "p_positive_raw": float(p[State.POSITIVE]),
+                    "p_uncertain": float(p[State.UNCERTAIN]),
+                    "p_negative": float(p[State.NEGATIVE]),
+                    "p_not_mentioned": float(p[State.BLANK]),
                     "group": group_of(name),
                     "map_right_share": self.map_right_shares.get(name, frontal[name].right_share() if name in frontal else None),
                 }

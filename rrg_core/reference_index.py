@@ -68,6 +68,12 @@ _ADD_ROWS = 1 << 18  # references augmented and added to faiss at a time
 faiss.cvar.distance_compute_blas_threshold = 2
 
 
+def mean_sentence(sentences: Tensor, mask: Tensor) -> Tensor:
+    """One vector per report: the masked mean of its sentence embeddings [..., S, D] -> [..., D]."""
+    weights = mask.unsqueeze(-1).to(sentences.dtype)
+    return (sentences * weights).sum(-2) / weights.sum(-2).clamp_min(1)
+
+
 @dataclass(eq=False)
 class ReferenceIndex:
     """Training studies to retrieve from. Tensors are converted to the documented dtypes on construction.
@@ -132,17 +138,6 @@ class ReferenceIndex:
             distances, order = distances.masked_fill(unwanted, torch.inf).topk(k, dim=-1, largest=False, sorted=True)
             indices = candidates.gather(-1, order)
         return distances.float().to(queries.device), indices.to(queries.device)
-
-    def report_embeddings(self, indices: Tensor) -> Tensor:
-        """One vector per report: the masked mean of its sentence embeddings, [..., D] float32."""
-        sentences, mask = self.gather(indices)
-        weights = mask.unsqueeze(-1).float()
-        return (sentences * weights).sum(-2) / weights.sum(-2).clamp_min(1)
-
-    def gather(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """Sentence embeddings [..., S, D] float32 and mask [..., S] of the given references (the global prompt)."""
-        idx = indices.to(self.sentence_embeddings.device)
-        return self.sentence_embeddings[idx].float().to(indices.device), self.sentence_mask[idx].to(indices.device)
 
     def save(self, directory: str | Path) -> None:
         """Write the folder that :meth:`load` reads; report texts go in only if this index holds them."""

@@ -42,7 +42,7 @@ def test_a_variant_trains_evaluates_and_is_reused(tmp_path):
     assert first["n"] == 2
     saved = tmp_path / "runs" / "lre" / "seed0"
     config = json.loads((saved / "best" / "config.json").read_text())
-    assert config["use_lre"] is True and config["use_fvtaf"] is False
+    assert config["lre"]["enabled"] is True and config["fvtaf"]["enabled"] is False
     (saved / "results.json").write_text(json.dumps({**first, "n": -1}))
     assert run_variant(base, "+LRE", 0, tmp_path / "runs", test_limit=2)["n"] == -1
 

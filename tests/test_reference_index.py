@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from rrg_core import reference_index
 from rrg_core.reference_index import META_FILE, TENSORS_FILE, ReferenceIndex
+from rrg_core.retriever import Retriever
 
 C = 0.01
 N, H, S, D = 600, 12, 4, 6
@@ -118,16 +119,30 @@ def test_exclude_ids() -> None:
         index.search(queries, 4, exclude_ids=["study5"])  # one id per query
 
 
-def test_gather_and_report_embeddings() -> None:
+def test_the_retriever_reads_sentences_reports_and_labels() -> None:
     index = make_index()
+    retriever = Retriever(index, top_k=4, metric="hyperbolic")
     indices = torch.tensor([[3, 8], [0, 599]])
-    sentences, mask = index.gather(indices)
+    sentences, mask = retriever.sentences_of(indices)
     assert sentences.shape == (2, 2, S, D) and sentences.dtype == torch.float32 and mask.dtype == torch.bool
     assert torch.equal(sentences[1, 1], index.sentence_embeddings[599].float())
-    pooled = index.report_embeddings(indices)
+    pooled, states = retriever.reports(indices)
     assert pooled.shape == (2, 2, D) and pooled.dtype == torch.float32
     valid = index.sentence_mask[8]
     torch.testing.assert_close(pooled[0, 1], index.sentence_embeddings[8][valid].float().mean(0))
+    assert torch.equal(states[1, 1], index.label_states[599].long())
+    assert torch.equal(retriever.search(index.embeddings[:2])[1], index.search(index.embeddings[:2], 4)[1])
+
+
+def test_the_retriever_moves_with_the_model_and_stays_out_of_its_weights() -> None:
+    index = make_index(n=20)
+    model = torch.nn.Sequential()
+    model.retriever = Retriever(index, top_k=3, metric="hyperbolic")
+    assert model.state_dict() == {}  # the index is saved in its own files, not in model.safetensors
+    model.to(torch.float64)  # stands in for .to("cuda"): buffers follow the module, floats are cast
+    assert model.retriever.sentences.dtype == torch.float64 and model.retriever.label_states.dtype == torch.int8
+    model.retriever.attach(make_index(n=5))
+    assert model.retriever.sentences.shape[0] == 5 and model.retriever.index is not index
 
 
 def test_construction_converts_dtypes() -> None:
