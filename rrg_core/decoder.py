@@ -6,6 +6,8 @@ token ([BLA]/[POS]/[NEG]/[UNC]) of observation i; the loss covers the report par
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertLMHeadModel, DynamicCache, EncoderDecoderCache, PreTrainedTokenizerBase
@@ -18,10 +20,13 @@ PREFIX_LENGTH = len(OBSERVATIONS) + 2  # [BOS] + 14 states + [SEP]
 
 
 class ReportDecoder(nn.Module):
-    def __init__(self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase, saved: Path | None = None) -> None:
+        """``saved``: where a saved model keeps its Hub decoder's config (see :mod:`rrg_core.model`)."""
         super().__init__()
         self.tokenizer = tokenizer
-        if config.decoder.hub_id:
+        if config.decoder.hub_id and saved is not None:  # a saved model: the architecture, no download
+            self.bert = BertLMHeadModel(BertConfig.from_pretrained(saved))
+        elif config.decoder.hub_id:
             self.bert = BertLMHeadModel.from_pretrained(config.decoder.hub_id, is_decoder=True, add_cross_attention=True)
             self.bert.resize_token_embeddings(len(tokenizer))
         else:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
@@ -50,6 +51,9 @@ from .tokenizer import load_tokenizer
 from .visual_encoder import VisualEncoder, VisualFeatures
 
 CONFIG_NAME = "config.json"
+# Where a saved model keeps the config of each part that started from Hub weights (and the text
+# encoder's own tokenizer), by config section.
+HUB_PARTS = {"vision": "backbone", "text": "text_encoder", "decoder": "decoder"}
 # The card a plain save_pretrained writes when the folder has none; a release writes the full one
 # (train.model_card: data, metrics, limitations).
 MODEL_CARD = """---
@@ -109,13 +113,22 @@ class REVTAF(
     model_card_template=MODEL_CARD,
 ):
     def __init__(
-        self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase, index: ReferenceIndex | None = None
+        self,
+        config: REVTAFConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        index: ReferenceIndex | None = None,
+        *,
+        saved: Path | None = None,
     ) -> None:
+        """``saved``: the folder of a saved model. Parts that start from Hub weights (the paper
+        preset's backbone, text encoder and decoder) are then built from the configs saved there
+        (HUB_PARTS), and nothing is downloaded: their weights come from model.safetensors."""
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
-        self.visual = VisualEncoder(config)
-        self.text = TextEncoder(config, tokenizer)
+        part = {name: saved / folder if saved is not None else None for name, folder in HUB_PARTS.items()}
+        self.visual = VisualEncoder(config, part["vision"])
+        self.text = TextEncoder(config, tokenizer, part["text"])
         aligns = config.lre.enabled or config.fvtaf.enabled
         self.fvtaf = FVTAF(config) if aligns else None
         self.entity_scores = (
@@ -126,7 +139,7 @@ class REVTAF(
             self.prompt_offsets = nn.Parameter(torch.randn(len(config.text.prompts), config.d_model))
         self.lre = LearnableRetrievalEnhancer(config) if config.lre.enabled else None
         self.diagnosis = DiagnosisHead(config)
-        self.decoder = ReportDecoder(config, tokenizer)
+        self.decoder = ReportDecoder(config, tokenizer, part["decoder"])
         self.retriever = Retriever(index, config.retrieval.top_k, config.search_metric)
         self._prompt_cache: tuple[int, Tensor] | None = None
 
@@ -365,14 +378,14 @@ class REVTAF(
         path = folder / checkpoint.WEIGHTS_NAME
         try:
             with torch.device("meta"):
-                expected = {k: tuple(t.shape) for k, t in cls(config, tokenizer).state_dict().items()}
+                expected = {k: tuple(t.shape) for k, t in cls(config, tokenizer, saved=folder).state_dict().items()}
         except (RuntimeError, ValueError, TypeError, AssertionError) as err:
             raise ValueError(f"config.json describes a model that cannot be built ({err})") from err
         checkpoint.check_shapes(path, checkpoint.stored_shapes(path), expected)
         tensors = checkpoint.read_tensors(path)
         has_index = load_index and (folder / "reference_index.json").is_file()
         index = ReferenceIndex.load(folder, texts_from=texts_from) if has_index else None
-        model = cls(config, tokenizer, index)
+        model = cls(config, tokenizer, index, saved=folder)
         checkpoint.check_complete(path, model, tensors)
         model.load_state_dict(tensors, strict=False)
         model.decoder.bert.tie_weights()
@@ -380,15 +393,19 @@ class REVTAF(
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """config.json (with the tokenizer's size), the weights in their dtype (``model.half()``
-        first halves the file; loading always restores float32), the tokenizer and the index."""
+        first halves the file; loading always restores float32), the tokenizer(s), the configs
+        of the parts that started from Hub weights, and the index."""
         self.config.replace(decoder={"vocab_size": len(self.tokenizer)}).save(save_directory / CONFIG_NAME)
-        from safetensors.torch import save_file
-
         save_file(checkpoint.unique_tensors(self), str(save_directory / checkpoint.WEIGHTS_NAME))
         self.tokenizer.save_pretrained(save_directory)
+        parts = {"vision": self.visual.backbone, "text": self.text.bert, "decoder": self.decoder.bert}
+        for section, folder in HUB_PARTS.items():
+            if getattr(self.config, section).hub_id:
+                parts[section].config.save_pretrained(save_directory / folder)
+        if self.config.text.hub_id:
+            self.text.tokenizer.save_pretrained(save_directory / HUB_PARTS["text"])
         if self.index is not None:
             self.index.save(save_directory)
-
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
         """Save to a temporary folder and upload it with :func:`rrg_core.hub.push_folder` (only the

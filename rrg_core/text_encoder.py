@@ -7,18 +7,23 @@ the paper preset may name a Hub sentence encoder instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
 from .config import REVTAFConfig
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase, saved: Path | None = None) -> None:
+        """``saved``: where a saved model keeps its Hub text encoder's config and tokenizer."""
         super().__init__()
-        if config.text.hub_id:
+        if config.text.hub_id and saved is not None:  # a saved model: the architecture, no download
+            self.tokenizer = AutoTokenizer.from_pretrained(saved)
+            self.bert = AutoModel.from_config(AutoConfig.from_pretrained(saved), add_pooling_layer=False)
+        elif config.text.hub_id:
             self.tokenizer = AutoTokenizer.from_pretrained(config.text.hub_id)
             self.bert = AutoModel.from_pretrained(config.text.hub_id, add_pooling_layer=False)
         else:

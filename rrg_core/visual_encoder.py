@@ -8,6 +8,7 @@ keeps the deep stage's context and the heatmaps get a grid fine enough for small
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +43,12 @@ class VisualFeatures:
 
 
 class VisualEncoder(nn.Module):
-    def __init__(self, config: REVTAFConfig) -> None:
+    def __init__(self, config: REVTAFConfig, saved: Path | None = None) -> None:
+        """``saved``: where a saved model keeps its Hub backbone's config (see :mod:`rrg_core.model`)."""
         super().__init__()
-        if config.vision.hub_id:
+        if config.vision.hub_id and saved is not None:  # a saved model: the architecture, no download
+            self.backbone = ResNetModel(ResNetConfig.from_pretrained(saved))
+        elif config.vision.hub_id:
             # Pretrained backbones are RGB: grayscale X-rays are repeated over 3 channels.
             self.backbone = ResNetModel.from_pretrained(config.vision.hub_id)
         else:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import fnmatch
+import shutil
 
 import huggingface_hub
 import pytest
-from model_fixtures import tiny_model
+import torch
+from model_fixtures import tiny_batch, tiny_model, tiny_tokenizer
 
 from rrg_core.hub import WEIGHT_FILE_PATTERNS, WeightsUnavailable, parse_weights_spec, resolve_weights
 from rrg_core.model import REVTAF
@@ -78,3 +80,37 @@ def test_push_uploads_the_saved_folder(monkeypatch):
     assert url.endswith("/commit/abc")
     assert uploaded["repo"] == "org/revtaf" and uploaded["branch"] == "exp1" and uploaded["revision"] == "exp1"
     assert {"config.json", "model.safetensors", "tokenizer.json", "reference_index.json"} <= set(uploaded["files"])
+
+
+def test_a_saved_model_whose_parts_came_from_the_hub_loads_without_the_hub(tmp_path):
+    """The paper preset starts from Hub weights (ResNet-101, Bio_ClinicalBERT, BERT-base). Saved,
+    the folder carries those parts' configs and the text encoder's tokenizer, so loading it
+    downloads nothing: here the "Hub" is a local folder that is deleted before loading."""
+    from transformers import BertConfig, BertLMHeadModel, BertModel, ResNetConfig, ResNetModel
+
+    from rrg_core.config import REVTAFConfig
+    from rrg_core.indexing import build_index
+
+    tokenizer = tiny_tokenizer()
+    hub = tmp_path / "hub"
+    ResNetModel(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16, 32], depths=[1, 1, 1])
+                ).save_pretrained(hub / "resnet")
+    bert = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64)
+    BertModel(BertConfig(**bert), add_pooling_layer=False).save_pretrained(hub / "text")
+    tokenizer.save_pretrained(hub / "text")
+    BertLMHeadModel(BertConfig(**bert, is_decoder=True, add_cross_attention=True)).save_pretrained(hub / "decoder")
+    config = REVTAFConfig.preset("tiny", vision={"hub_id": str(hub / "resnet")}, text={"hub_id": str(hub / "text")},
+                                 decoder={"hub_id": str(hub / "decoder"), "vocab_size": len(tokenizer)})
+    model = REVTAF(config, tokenizer).eval()
+    batch = tiny_batch(tokenizer, config)
+    model.index = build_index(model, [batch])
+    model.save_pretrained(tmp_path / "saved")
+    shutil.rmtree(hub)
+
+    loaded = REVTAF.from_pretrained(tmp_path / "saved")
+    assert loaded.visual.in_channels == 3 and loaded.text.tokenizer is not loaded.tokenizer
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    texts = [ReportPipeline(m).generate(batch["images"][:1])[0].text for m in (loaded, model)]
+    assert texts[0] == texts[1]
