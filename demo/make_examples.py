@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from rrg_core.phantoms import PhantomConfig, make_phantom, random_finding, write_dicom
-from rrg_core.phantoms.dataset import to_uint8
+from rrg_core.xray_io import to_uint8
 
 SEED = 9001
 SIZE = 256

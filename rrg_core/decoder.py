@@ -14,6 +14,7 @@ from transformers import BertConfig, BertLMHeadModel, DynamicCache, EncoderDecod
 
 from .config import REVTAFConfig
 from .observations import OBSERVATIONS
+from .text_encoder import small_bert
 from .tokenizer import state_token_ids
 
 PREFIX_LENGTH = len(OBSERVATIONS) + 2  # [BOS] + 14 states + [SEP]
@@ -30,21 +31,11 @@ class ReportDecoder(nn.Module):
             self.bert = BertLMHeadModel.from_pretrained(config.decoder.hub_id, is_decoder=True, add_cross_attention=True)
             self.bert.resize_token_embeddings(len(tokenizer))
         else:
-            self.bert = BertLMHeadModel(
-                BertConfig(
-                    vocab_size=len(tokenizer),
-                    hidden_size=config.decoder.hidden,
-                    num_hidden_layers=config.decoder.layers,
-                    num_attention_heads=config.decoder.heads,
-                    intermediate_size=4 * config.decoder.hidden,
-                    max_position_embeddings=PREFIX_LENGTH + config.decoder.max_report_tokens + 2,
-                    hidden_dropout_prob=config.dropout,
-                    attention_probs_dropout_prob=config.dropout,
-                    is_decoder=True,
-                    add_cross_attention=True,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            )
+            d = config.decoder
+            self.bert = BertLMHeadModel(small_bert(
+                tokenizer, d.hidden, d.layers, d.heads, PREFIX_LENGTH + d.max_report_tokens + 2, config.dropout,
+                is_decoder=True, add_cross_attention=True,
+            ))
         self.memory_projection = nn.Linear(config.d_model, self.bert.config.hidden_size)
         self.register_buffer("state_ids", torch.tensor(state_token_ids(tokenizer)), persistent=False)
         self.bos_id = tokenizer.convert_tokens_to_ids("[BOS]")

@@ -73,5 +73,5 @@ class FVTAF(nn.Module):
     def align_global(self, tokens: Tensor, sentences: Tensor, mask: Tensor) -> MPSAOutput:
         """tokens [B, P, D], sentences of the retrieved report [B, S, D] with mask [B, S]."""
         if self.global_attention is None:
-            raise RuntimeError("FVTAF is switched off (use_fvtaf=False): there is no global branch")
+            raise RuntimeError("FVTAF is switched off (fvtaf.enabled false): there is no global branch")
         return self.global_attention(tokens, sentences, mask)

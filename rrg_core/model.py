@@ -11,9 +11,9 @@ Tensors in, tensors (and the decoder's candidate texts) out: turning X-rays into
 outputs into a :class:`~rrg_core.outputs.Report` is :class:`rrg_core.pipeline.ReportPipeline`'s job.
 
 Loss (``forward``) = LM + 4 cls + beta align + alpha rank + entity (+ grounding on data with
-masks; each term also returned on its own). Switches: ``use_lre`` (off: retrieval by cosine on
-the pooled image vector, no ranking loss), ``use_fvtaf`` (off: the decoder reads the plain patch
-tokens), ``use_mpsa`` (off: softmax cross-attention). All off is the PromptMRG-like baseline.
+masks; each term also returned on its own). Switches: ``lre.enabled`` (off: retrieval by cosine
+on the pooled image vector, no ranking loss), ``fvtaf.enabled`` (off: the decoder reads the plain
+patch tokens), ``fvtaf.mpsa`` (off: softmax cross-attention). All off is the PromptMRG-like baseline.
 
 Persistence follows huggingface_hub's ``PyTorchModelHubMixin``: ``save_pretrained`` /
 ``from_pretrained`` / ``push_to_hub`` over a folder holding ``config.json``, ``model.safetensors``,
@@ -232,7 +232,7 @@ class REVTAF(
         returned as 0). A from-scratch image encoder learns the findings far faster per second this
         way than under the full objective, whose language and ranking terms dominate it at first."""
         if image_only and self.entity_scores is None:
-            raise ValueError("image_only needs the entity scores (use_lre or use_fvtaf)")
+            raise ValueError("image_only needs the entity scores (lre.enabled or fvtaf.enabled)")
         states = batch["states"].long()
         encoding = self.encode(batch["images"], retrieval=not image_only)
         zero = encoding.visual.pooled.sum() * 0.0

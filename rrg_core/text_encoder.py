@@ -16,6 +16,18 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertM
 from .config import REVTAFConfig
 
 
+def small_bert(
+    tokenizer: PreTrainedTokenizerBase, hidden: int, layers: int, heads: int, positions: int, dropout: float, **extra
+) -> BertConfig:
+    """A BERT trained from scratch over our report tokenizer (the text encoder, and with
+    ``is_decoder`` / ``add_cross_attention`` the report decoder)."""
+    return BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=positions, hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout, pad_token_id=tokenizer.pad_token_id, **extra,
+    )
+
+
 class TextEncoder(nn.Module):
     def __init__(self, config: REVTAFConfig, tokenizer: PreTrainedTokenizerBase, saved: Path | None = None) -> None:
         """``saved``: where a saved model keeps its Hub text encoder's config and tokenizer."""
@@ -28,18 +40,9 @@ class TextEncoder(nn.Module):
             self.bert = AutoModel.from_pretrained(config.text.hub_id, add_pooling_layer=False)
         else:
             self.tokenizer = tokenizer
+            text = config.text
             self.bert = BertModel(
-                BertConfig(
-                    vocab_size=len(tokenizer),
-                    hidden_size=config.text.hidden,
-                    num_hidden_layers=config.text.layers,
-                    num_attention_heads=config.text.heads,
-                    intermediate_size=4 * config.text.hidden,
-                    max_position_embeddings=config.text.max_tokens,
-                    hidden_dropout_prob=config.dropout,
-                    attention_probs_dropout_prob=config.dropout,
-                    pad_token_id=tokenizer.pad_token_id,
-                ),
+                small_bert(tokenizer, text.hidden, text.layers, text.heads, text.max_tokens, config.dropout),
                 add_pooling_layer=False,
             )
         self.project = nn.Sequential(nn.Linear(self.bert.config.hidden_size, config.d_model), nn.LayerNorm(config.d_model))

@@ -23,6 +23,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
+from ..xray_io import to_uint8
 from .config import PhantomConfig
 from .generator import Phantom, make_phantom
 
@@ -87,10 +88,6 @@ def _write_one(index: int, split: str, root: Path, seed: int, config: PhantomCon
         write_dicom(root / "dicom" / f"{sid}.dcm", phantom, index)
     return {"id": sid, "report": phantom.report, "image_path": [f"{sid}/0.png"], "split": split,
             "labels": phantom.labels, "masks": masks}
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def write_dicom(path: str | Path, phantom: Phantom, index: int = 0) -> Path:

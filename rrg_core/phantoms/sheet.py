@@ -8,8 +8,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ..observations import OBSERVATIONS
+from ..xray_io import to_uint8
 from .config import PhantomConfig
-from .dataset import to_uint8
 from .findings import Finding, random_finding
 from .generator import Phantom, make_phantom
 
