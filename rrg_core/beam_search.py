@@ -65,17 +65,17 @@ def _last_logits(model: CachedBert, ids: Tensor, memory: KeysValues, cache: Self
 def greedy(model: CachedBert, prompt: Tensor, memory: KeysValues, o: SearchOptions) -> Tensor:
     """prompt [B, P] -> [B, P + new tokens]; after [EOS] a row continues with padding."""
     sequences = prompt
-    logits, cache = _last_logits(model, prompt, memory, None)
     running = torch.ones(len(prompt), dtype=torch.bool, device=prompt.device)
+    logits, cache = _last_logits(model, prompt, memory, None)
     for step in range(o.max_new_tokens):
-        tokens = _process(logits, sequences, step, o).argmax(-1)
-        tokens = torch.where(running, tokens, o.pad_id)
+        if step:
+            logits, cache = _last_logits(model, sequences[:, -1:], memory, cache)
+        tokens = torch.where(running, _process(logits, sequences, step, o).argmax(-1), o.pad_id)
         sequences = torch.cat([sequences, tokens[:, None]], 1)
         running &= tokens != o.eos_id
-        if step + 1 == o.max_new_tokens or not running.any():
-            return sequences
-        logits, cache = _last_logits(model, tokens[:, None], memory, cache)
-    raise AssertionError("unreachable")
+        if not running.any():
+            break
+    return sequences
 
 
 def beam_search(model: CachedBert, prompt: Tensor, memory: KeysValues, o: SearchOptions) -> Tensor:
@@ -100,12 +100,15 @@ def beam_search(model: CachedBert, prompt: Tensor, memory: KeysValues, o: Search
     study_offset = torch.arange(b, device=device)[:, None] * k
 
     for length in range(p, max_length):
+        if length > p:
+            cache.select(rows)
+            logits, cache = _last_logits(model, running[:, :, length - 1 : length].reshape(b * k, 1), memory, cache)
         log_probs = _process(logits.log_softmax(-1), running[:, :, :length].reshape(b * k, -1), length - p, o)
         vocab = log_probs.shape[-1]
         totals = (log_probs.view(b, k, vocab) + running_scores[:, :, None]).view(b, -1)
         top_scores, top_index = totals.topk(2 * k)
         parents = top_index // vocab
-        candidates = running.gather(1, parents[:, :, None].expand(-1, -1, max_length)).clone()
+        candidates = running.gather(1, parents[:, :, None].expand(-1, -1, max_length))
         candidates[:, :, length] = top_index % vocab
         ends = (candidates[:, :, length] == o.eos_id) | (length + 1 >= max_length)
 
@@ -117,18 +120,18 @@ def beam_search(model: CachedBert, prompt: Tensor, memory: KeysValues, o: Search
 
         # the candidates among the top k that end join the finished ones if they rank there
         ended = ends & in_top_beams
-        normalised = top_scores / ((length + 1 - p) ** 1.0)
+        normalised = top_scores / (length + 1 - p)  # length penalty 1: the mean over the new tokens
         normalised = normalised + (~improvable).float() * _NEVER + (~ended) * _NEVER
-        merged = torch.cat([finished_scores, normalised], 1).topk(k)[1]
+        scores = torch.cat([finished_scores, normalised], 1)
+        merged = scores.topk(k)[1]
         finished = torch.cat([finished, candidates], 1).gather(1, merged[:, :, None].expand(-1, -1, max_length))
-        finished_scores = torch.cat([finished_scores, normalised], 1).gather(1, merged)
+        finished_scores = scores.gather(1, merged)
         is_finished = torch.cat([is_finished, ended], 1).gather(1, merged)
 
-        best_possible = running_scores[:, :1] / ((length + 1 - p) ** 1.0)
+        best_possible = running_scores[:, :1] / (length + 1 - p)
         worst_finished = torch.where(is_finished, finished_scores.min(1, keepdim=True)[0], _NEVER)
         improvable = improvable & (best_possible > worst_finished).any(-1, keepdim=True)
-        if not improvable.any() or ends.all():
-            return finished
-        cache.select((parents.gather(1, keep) + study_offset).view(-1))
-        logits, cache = _last_logits(model, running[:, :, length : length + 1].reshape(b * k, 1), memory, cache)
-    raise AssertionError("unreachable")
+        if not improvable.any() or ends.all():  # at the latest at max_length, where every candidate ends
+            break
+        rows = (parents.gather(1, keep) + study_offset).view(-1)  # the continuing beams' cache rows
+    return finished
