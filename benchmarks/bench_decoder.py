@@ -26,6 +26,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -38,7 +39,8 @@ from rrg_core.config import REVTAFConfig
 from rrg_core.datasets import load_split
 from rrg_core.decoder import ReportDecoder
 from rrg_core.evaluation import evaluate
-from rrg_core.pretrained import load_model
+from rrg_core.model import load_model
+from rrg_core.pipeline import load_pipeline
 from rrg_core.quantize import quantize_decoder
 from rrg_core.xray_io import read_xray
 from tests.decoder_reference import decoder_inputs, transformers_generate
@@ -62,19 +64,23 @@ def interleaved(variants: dict[str, Callable[[], list[list[str]]]], repeats: int
     return {name: statistics.median(t) for name, t in times.items()}, texts
 
 
-def report(title: str, medians: dict[str, float], texts: dict, reference: str) -> None:
-    print(f"\n{title}\n| variant | median ms | speed-up vs {reference} | texts equal {reference}'s |\n| --- | --- | --- | --- |")
+def report(title: str, medians: dict[str, float], texts: dict | None = None) -> None:
+    """A markdown table of the medians, with speed-ups (and text equality) against the first variant."""
+    reference = next(iter(medians))
+    same = f" texts equal {reference}'s |" if texts else ""
+    print(f"\n{title}\n| variant | median ms | speed-up vs {reference} |{same}\n| --- | --- | --- |{' --- |' * bool(texts)}")
     for name, seconds in medians.items():
-        print(f"| {name} | {seconds * 1000:.0f} | {medians[reference] / seconds:.2f}x | {texts[name] == texts[reference]} |")
+        same = f" {texts[name] == texts[reference]} |" if texts else ""
+        print(f"| {name} | {seconds * 1000:.1f} | {medians[reference] / seconds:.2f}x |{same}")
 
 
-def step_variants(decoder: ReportDecoder, memory: Tensor, states: Tensor, steps: int, beams: int = 3) -> dict:
-    """``steps`` decoding steps of ``beams`` rows after the prompt, the beams reordered each step,
-    through transformers' forward with a shared cross-attention cache and through CachedBert."""
-    prompt = decoder.prefix(states).expand(beams, -1)
-    hidden = decoder.memory_projection(memory).expand(beams, -1, -1)
-    tokens = torch.randint(5, len(decoder.tokenizer), (steps, beams, 1))
-    reorder = torch.tensor([0, 0, 1][:beams] + list(range(3, beams)))
+def step_variants(decoder: ReportDecoder, memory: Tensor, states: Tensor, steps: int) -> dict:
+    """The prompt and ``steps`` decoding steps of 3 beams, reordered after each step, through
+    transformers' forward with a shared cross-attention cache and through CachedBert."""
+    prompt = decoder.prefix(states).expand(3, -1)
+    hidden = decoder.memory_projection(memory).expand(3, -1, -1)
+    tokens = torch.randint(5, len(decoder.tokenizer), (steps, 3, 1))
+    reorder = torch.tensor([0, 0, 1])
     model = CachedBert(decoder.bert)
 
     def transformers_steps() -> None:
@@ -100,11 +106,11 @@ def step_variants(decoder: ReportDecoder, memory: Tensor, states: Tensor, steps:
 
 def int8_quality(n: int) -> None:
     """Float against int8 decoder of the IU weights on the first ``n`` IU X-Ray test studies."""
-    model = load_model(ROOT / "assets" / "weights" / "iu-xray-small").eval()
+    reporter = load_pipeline(ROOT / "assets" / "weights" / "iu-xray-small")
     studies = load_split(IU_XRAY, "test")[:n]
-    results = {"float": evaluate(model, studies, progress=False, samples=n)}
-    model.decoder = quantize_decoder(model.decoder)
-    results["int8"] = evaluate(model, studies, progress=False, samples=n)
+    results = {"float": evaluate(reporter, studies, progress=False, samples=n)}
+    reporter.model.decoder = quantize_decoder(reporter.model.decoder)
+    results["int8"] = evaluate(reporter, studies, progress=False, samples=n)
     same = sum(a["generated"] == b["generated"] for a, b in zip(results["float"]["samples"], results["int8"]["samples"]))
     print(f"\nIU X-Ray weights, {len(studies)} IU test studies: {same} of {len(studies)} drafts identical\n"
           "| decoder | BLEU-4 | METEOR | CE F1 (example) | CE F1 (micro) |\n| --- | --- | --- | --- | --- |")
@@ -123,10 +129,9 @@ def main() -> None:
     torch.manual_seed(0)
 
     model = load_model().eval()
-    decoder, c = model.decoder, model.config
+    decoder = model.decoder
     memory, states = decoder_inputs(model, [read_xray(EXAMPLE)])
-    options = dict(num_beams=c.num_beams, max_new_tokens=c.max_new_tokens, min_new_tokens=c.min_new_tokens,
-                   repetition_penalty=c.repetition_penalty, no_repeat_ngram_size=c.no_repeat_ngram_size)
+    options = asdict(model.config.generation)
     quantized = quantize_decoder(decoder)
     medians, texts = interleaved({
         "transformers generate": lambda: transformers_generate(decoder, memory, states, **options),
@@ -134,18 +139,14 @@ def main() -> None:
         "ReportDecoder.generate, int8": lambda: quantized.generate(memory, states, **options),
     }, args.repeats)
     words = len(texts["ReportDecoder.generate"][0][0].split())
-    report(f"Default weights, {EXAMPLE.name}, beam {c.num_beams}, memory {tuple(memory.shape[1:])}, best beam "
-           f"{words} words, {args.threads} thread(s)", medians, texts, "transformers generate")
+    report(f"Default weights, {EXAMPLE.name}, beam {options["num_beams"]}, memory {tuple(memory.shape[1:])}, best beam "
+           f"{words} words, {args.threads} thread(s)", medians, texts)
 
     with torch.no_grad():
         medians = interleaved(step_variants(decoder, memory, states, steps=words + 1), args.repeats)[0]
-    print(f"\n{words + 1} decoding steps, 3 beams, default weights\n| variant | median ms | speed-up |\n| --- | --- | --- |")
-    first = next(iter(medians.values()))
-    for name, seconds in medians.items():
-        print(f"| {name} | {seconds * 1000:.1f} | {first / seconds:.2f}x |")
+    report(f"The prompt and {words + 1} decoding steps of 3 beams, default weights", medians)
 
-    paper = REVTAFConfig.preset("paper", decoder_hub_id=None, text_hub_id=None, backbone_hub_id=None,
-                                vocab_size=len(decoder.tokenizer))
+    paper = REVTAFConfig.preset("paper", decoder={"hub_id": None}, text={"hub_id": None}, vision={"hub_id": None})
     big = ReportDecoder(paper, decoder.tokenizer).eval()
     memory = torch.randn(1, PAPER_MEMORY_TOKENS, paper.d_model)
     options = dict(num_beams=3, max_new_tokens=100, min_new_tokens=100)
@@ -156,9 +157,9 @@ def main() -> None:
         "transformers generate, int8": lambda: transformers_generate(quantized, memory, states, **options),
         "ReportDecoder.generate, int8": lambda: quantized.generate(memory, states, **options),
     }, max(1, args.repeats // 2))
-    report(f"Paper-size decoder ({paper.decoder_layers} layers, {paper.decoder_hidden} wide, vocabulary "
+    report(f"Paper-size decoder ({paper.decoder.layers} layers, {paper.decoder.hidden} wide, vocabulary "
            f"{len(decoder.tokenizer)}, random weights), beam 3, 100 new tokens, memory ({PAPER_MEMORY_TOKENS}, "
-           f"{paper.d_model}), {args.threads} thread(s)", medians, texts, "transformers generate")
+           f"{paper.d_model}), {args.threads} thread(s)", medians, texts)
     if args.quality:
         int8_quality(args.quality)
 

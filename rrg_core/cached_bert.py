@@ -60,9 +60,9 @@ class CachedBert:
         ]
 
     def forward(self, ids: Tensor, memory: KeysValues, cache: SelfCache | None) -> tuple[Tensor, SelfCache]:
-        """ids [rows, T] continuing ``cache`` (None: from the start, causally) -> the last layer's
-        hidden states [rows, T, hidden] and the cache including these T tokens. Right padding is
-        harmless here: under the causal mask no real token attends to a later one."""
+        """ids [rows, T] from the start (``cache`` None; causal, so right padding is harmless: no
+        real token attends to a later one), or [rows, 1] continuing ``cache`` -> the last layer's
+        hidden states [rows, T, hidden] and the cache including these tokens."""
         rows, steps = ids.shape
         studies = memory[0][0].shape[0]
         past = cache.length if cache is not None else 0
@@ -74,7 +74,7 @@ class CachedBert:
             if cache is not None:
                 k, v = torch.cat([cache.layers[i][0], k], 2), torch.cat([cache.layers[i][1], v], 2)
             layers.append((k, v))
-            out = F.scaled_dot_product_attention(q, k, v, scale=attention.scaling, is_causal=cache is None and steps > 1)
+            out = F.scaled_dot_product_attention(q, k, v, scale=attention.scaling, is_causal=steps > 1)
             h = layer.attention.output(out.transpose(1, 2).reshape(rows, steps, -1), h)
 
             cross = layer.crossattention.self

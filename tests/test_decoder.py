@@ -10,7 +10,7 @@ from decoder_reference import decoder_inputs, transformers_generate
 from model_fixtures import tiny_model
 
 from rrg_core.decoder import PREFIX_LENGTH
-from rrg_core.pretrained import load_model
+from rrg_core.model import load_model
 from rrg_core.quantize import quantize_decoder
 from rrg_core.xray_io import read_xray
 
