@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-
 from transformers import DynamicCache, EncoderDecoderCache
 
 from rrg_core.cached_bert import CachedBert
@@ -138,8 +137,8 @@ def main() -> None:
         "ReportDecoder.generate": lambda: decoder.generate(memory, states, **options),
         "ReportDecoder.generate, int8": lambda: quantized.generate(memory, states, **options),
     }, args.repeats)
-    words = len(texts["ReportDecoder.generate"][0][0].split())
-    report(f"Default weights, {EXAMPLE.name}, beam {options["num_beams"]}, memory {tuple(memory.shape[1:])}, best beam "
+    words, beams = len(texts["ReportDecoder.generate"][0][0].split()), options["num_beams"]
+    report(f"Default weights, {EXAMPLE.name}, beam {beams}, memory {tuple(memory.shape[1:])}, best beam "
            f"{words} words, {args.threads} thread(s)", medians, texts)
 
     with torch.no_grad():

@@ -100,9 +100,6 @@ def beam_search(model: CachedBert, prompt: Tensor, memory: KeysValues, o: Search
     study_offset = torch.arange(b, device=device)[:, None] * k
 
     for length in range(p, max_length):
-        if length > p:
-            cache.select(rows)
-            logits, cache = _last_logits(model, running[:, :, length - 1 : length].reshape(b * k, 1), memory, cache)
         log_probs = _process(logits.log_softmax(-1), running[:, :, :length].reshape(b * k, -1), length - p, o)
         vocab = log_probs.shape[-1]
         totals = (log_probs.view(b, k, vocab) + running_scores[:, :, None]).view(b, -1)
@@ -133,5 +130,6 @@ def beam_search(model: CachedBert, prompt: Tensor, memory: KeysValues, o: Search
         improvable = improvable & (best_possible > worst_finished).any(-1, keepdim=True)
         if not improvable.any() or ends.all():  # at the latest at max_length, where every candidate ends
             break
-        rows = (parents.gather(1, keep) + study_offset).view(-1)  # the continuing beams' cache rows
+        cache.select((parents.gather(1, keep) + study_offset).view(-1))  # the continuing beams' rows
+        logits, cache = _last_logits(model, running[:, :, length : length + 1].reshape(b * k, 1), memory, cache)
     return finished
