@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import BertConfig, BertLMHeadModel, DynamicCache, EncoderDecoderCache, PreTrainedTokenizerBase
+from transformers import BertConfig, BertLMHeadModel, PreTrainedTokenizerBase
 
+from .beam_search import SearchOptions, beam_search, greedy
+from .cached_bert import CachedBert
 from .config import REVTAFConfig
 from .observations import OBSERVATIONS
 from .text_encoder import small_bert
@@ -86,44 +88,36 @@ class ReportDecoder(nn.Module):
         no_repeat_ngram_size: int = 0,
     ) -> list[list[str]]:
         """Per study, every finished beam's text, best first (one text with ``num_beams`` 1):
-        :func:`rrg_core.faithful.make_consistent` chooses among them."""
-        prefix = self.prefix(states)
-        # transformers 5: BertLMHeadModel.generate with encoder_hidden_states needs a fresh
-        # encoder-decoder cache on every call (a plain DynamicCache crashes).
-        cfg = self.bert.config
-        cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
-        sequences = self.bert.generate(
-            input_ids=prefix,
-            attention_mask=torch.ones_like(prefix),
-            encoder_hidden_states=self.memory_projection(memory),
-            cache=cache,
+        :func:`rrg_core.faithful.make_consistent` chooses among them. The texts are those of
+        transformers' ``generate`` (beam search, or greedy with one beam), from a loop that
+        computes the memory's cross-attention keys/values once per study."""
+        options = SearchOptions(
             num_beams=num_beams,
-            num_return_sequences=num_beams,
-            do_sample=False,
             max_new_tokens=min(max_new_tokens, self.max_report_tokens + 1),
             min_new_tokens=min_new_tokens,
             repetition_penalty=repetition_penalty,
             no_repeat_ngram_size=no_repeat_ngram_size,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
         )
-        texts = self.tokenizer.batch_decode(sequences[:, PREFIX_LENGTH:], skip_special_tokens=True)
+        model = CachedBert(self.bert)
+        keys_values = model.memory_keys_values(self.memory_projection(memory))
+        search = beam_search if num_beams > 1 else greedy
+        sequences = search(model, self.prefix(states), keys_values, options)
+        texts = self.tokenizer.batch_decode(sequences.flatten(0, -2)[:, PREFIX_LENGTH:], skip_special_tokens=True)
         return [texts[i : i + num_beams] for i in range(0, len(texts), num_beams)]
 
     @torch.no_grad()
     def sentence_scores(self, memory: Tensor, states: Tensor, sentences: list[str]) -> Tensor:
         """Mean log-likelihood per token of each sentence as a report opening, for one study
         (memory [1, N, D], states [1, 14]): how the decoder itself would phrase a finding, which
-        the consistency repair uses to pick among the sentence bank's phrasings."""
+        the consistency repair uses to pick among the sentence bank's phrasings. All sentences
+        share the memory's cross-attention keys/values."""
         encoded = self.tokenizer(sentences, add_special_tokens=False, padding=True, return_tensors="pt")
         ids, mask = encoded["input_ids"].to(memory.device), encoded["attention_mask"].to(memory.device)
-        n = len(sentences)
-        input_ids = torch.cat([self.prefix(states).expand(n, -1), ids], dim=1)
-        attention_mask = torch.cat([torch.ones(n, PREFIX_LENGTH, dtype=mask.dtype, device=mask.device), mask], 1)
-        logits = self.bert(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=self.memory_projection(memory).expand(n, -1, -1),
-        ).logits[:, PREFIX_LENGTH - 1 : -1]
+        model = CachedBert(self.bert)
+        input_ids = torch.cat([self.prefix(states).expand(len(sentences), -1), ids], dim=1)
+        hidden, _ = model.forward(input_ids, model.memory_keys_values(self.memory_projection(memory)), None)
+        logits = model.logits(hidden[:, PREFIX_LENGTH - 1 : -1])
         token_log_p = logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
         return (token_log_p * mask).sum(1) / mask.sum(1).clamp(min=1)
