@@ -55,11 +55,13 @@ for name, weights, paths in cases:
     except ImportError:
         pass
     frontal, lateral = (paths + [None])[:2]
+    # The model's own decoding defaults, in this tree's config layout or an older tree's (flat).
+    config = (loaded.reporter if hasattr(loaded, "reporter") else loaded.model).config
+    decoding = getattr(config, "generation", config)
     def once():
         start = time.perf_counter()
         views = service.read_views(frontal, lateral, lambda path: Path(path).read_bytes())
-        done = service.generate(loaded, views, beams=loaded.reporter.config.generation.num_beams,
-                                max_length=loaded.reporter.config.generation.max_new_tokens)
+        done = service.generate(loaded, views, beams=decoding.num_beams, max_length=decoding.max_new_tokens)
         shown = service.evidence(done)
         rendering.findings_table(done.report), rendering.references_table(done.report)
         drawn = time.perf_counter()
@@ -134,7 +136,7 @@ def stages(cases: dict, repeats: int) -> None:
 
 def stage_medians(weights: str, paths: list[str], repeats: int) -> dict[str, float]:
     """Milliseconds per stage of one case's request, medians of ``repeats`` after a warm-up."""
-    import rrg_core.model
+    import rrg_core.pipeline
     from demo import rendering, service, ui
 
     loaded = service.load(weights)
@@ -144,7 +146,7 @@ def stage_medians(weights: str, paths: list[str], repeats: int) -> dict[str, flo
     watch.hook(model.text, "text encoder")
     watch.wrap(model.index, "search", "retrieval search")
     watch.wrap(model.decoder, "generate", "decoder generate")
-    watch.wrap(rrg_core.model, "upsample_maps", "map upsampling")
+    watch.wrap(rrg_core.pipeline, "upsample_maps", "map upsampling")
 
     def request() -> dict[str, float]:
         watch.seconds.clear()
