@@ -29,6 +29,7 @@ import numpy as np
 from huggingface_hub import ModelCard
 from PIL import Image
 
+from rrg_core import checkpoint
 from rrg_core.config import REVTAFConfig
 from rrg_core.datasets import report_texts
 from rrg_core.hub import DEFAULT_NAME, WeightsUnavailable, resolve_weights
@@ -117,8 +118,10 @@ class Evidence:
 
 
 class Loading:
-    """Weights located and described at once (no torch yet: the page can be served), the model
-    itself loaded by :meth:`start` in a background thread; :meth:`result` waits for it.
+    """Weights located, checked as far as they can be without torch (config, safetensors header,
+    the shapes config.json implies, finite values) and described at once, so the page can be
+    served; the model itself loaded by :meth:`start` in a background thread; :meth:`result` waits
+    for it.
 
     Locating raises one of STARTUP_ERRORS with a sentence fit for the terminal, and so does
     :meth:`result` for weights that cannot be loaded.
@@ -129,6 +132,7 @@ class Loading:
         self.weights_id = _weights_id(weights, self.folder)
         self.card = model_card_summary(self.folder)
         self.config = REVTAFConfig.load(self.folder / "config.json")
+        checkpoint.check_weights(self.folder / checkpoint.WEIGHTS_NAME, self.config)  # no torch: refused in a moment
         self.maps_note = GROUNDED_MAPS if self.config.fvtaf.grounding_weight else EMERGENT_MAPS
         self.headline = card_headline(self.folder)
         self.gate_note = None if (self.folder / GATE_FILE).is_file() else NO_GATE

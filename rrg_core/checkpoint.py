@@ -2,16 +2,52 @@
 single weight is copied into a model, so a bad folder fails fast, in little memory, with one
 clear sentence instead of leaving a half-loaded model. Only safetensors is read; nothing is
 ever unpickled.
+
+The checks that need no torch (:func:`check_weights`: the header, the shapes config.json implies
+for a few key tensors, finite values) run before the demo imports gradio or torch, so broken
+weights are refused in a moment; the model's full name and shape check needs the model built on
+the meta device (:func:`check_shapes`, called by ``REVTAF.from_pretrained``).
 """
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported by whoever holds tensors; the checks before loading need none
+    import torch
+    from torch import nn
+
+    from .config import REVTAFConfig
 
 WEIGHTS_NAME = "model.safetensors"
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+# Bytes per element of each safetensors dtype.
+ITEM_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+              "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+# A float is NaN or infinite exactly when all its exponent bits are set (float8 E4M3 has no
+# infinity and one NaN pattern per sign, all seven bits set); read as unsigned integers, one test
+# serves every float dtype, bfloat16 included, which numpy has no dtype for.
+NON_FINITE_BITS = {"F8_E5M2": (np.uint8, 0x7C), "F8_E4M3": (np.uint8, 0x7F), "F16": (np.uint16, 0x7C00),
+                   "BF16": (np.uint16, 0x7F80), "F32": (np.uint32, 0x7F800000),
+                   "F64": (np.uint64, 0x7FF0000000000000)}
+SCAN_BYTES = 1 << 24  # the finite check reads a tensor in slices this large (bounded memory)
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor as the safetensors header describes it; ``start``/``end`` are file offsets."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
 
 
 def shared_storage(state: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -28,13 +64,53 @@ def unique_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
             for name, canonical in shared_storage(state).items() if name == canonical}
 
 
+def read_header(path: Path) -> dict[str, StoredTensor]:
+    """Each tensor's dtype, shape and place from the header alone (no weight is read), checked as
+    safetensors checks it: a known dtype, byte ranges that match the shapes and tile the data
+    section exactly. A truncated or corrupt file is refused here."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            length = int.from_bytes(f.read(8), "little")
+            if size < 8 or length > min(MAX_HEADER_BYTES, size - 8):
+                raise ValueError(f"the header length {length} does not fit a file of {size} bytes")
+            header = json.loads(f.read(length))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        header.pop("__metadata__", None)
+        tensors = {name: _entry(name, entry, 8 + length) for name, entry in header.items()}
+        _check_tiling(tensors, 8 + length, size)
+    except (OSError, ValueError, TypeError, KeyError) as err:  # json's errors are ValueErrors
+        raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
+    return tensors
+
+
+def _entry(name: str, entry: dict, data_start: int) -> StoredTensor:
+    dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in ITEM_BYTES:
+        raise ValueError(f"{name} has the unknown dtype {dtype!r}")
+    if not all(isinstance(n, int) and n >= 0 for n in [*shape, begin, end]):
+        raise ValueError(f"{name} has a malformed shape or byte range")
+    if end - begin != math.prod(shape) * ITEM_BYTES[dtype]:
+        raise ValueError(f"{name}'s byte range does not match its shape {shape} and dtype {dtype}")
+    return StoredTensor(dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _check_tiling(tensors: dict[str, StoredTensor], data_start: int, size: int) -> None:
+    """The tensors' byte ranges follow each other without gap or overlap up to the file's end."""
+    position = data_start
+    for t in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
+        if t.start != position:
+            raise ValueError("the tensors' byte ranges overlap or leave gaps")
+        position = t.end
+    if position != size:
+        raise ValueError(f"the header describes {position} bytes, the file has {size}: it is truncated or padded")
+
+
 def stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Each tensor's shape from the safetensors header alone: no weight is read yet."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a handle, not a dict)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
+    return {name: t.shape for name, t in read_header(path).items()}
 
 
 def check_shapes(path: Path, stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
@@ -53,20 +129,80 @@ def check_shapes(path: Path, stored: dict[str, tuple[int, ...]], expected: dict[
         )
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checked file; NaN or infinite weights are refused (they load silently and
-    make every report empty)."""
-    tensors, broken = {}, []
-    with safe_open(str(path), framework="pt") as f:
-        for k in f.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
-            tensors[k] = f.get_tensor(k)
-            if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all():
-                broken.append(k)
+# Shapes config.json implies for a few key tensors, one per width a config sets (None: an axis it
+# does not set, e.g. a Hub backbone's width). tests/test_weights_validation.py compares them with
+# the model built on the meta device, so they cannot drift from it.
+IMPLIED_SHAPES: dict[str, Callable[[REVTAFConfig], tuple[int | None, ...]]] = {
+    "visual.project.0.weight": lambda c: (c.d_model, None if c.vision.hub_id else c.vision.hidden_sizes[-1]),
+    "visual.view_embedding": lambda c: (c.vision.n_views, c.d_model),
+    "text.project.0.weight": lambda c: (c.d_model, None if c.text.hub_id else c.text.hidden),
+    "lre.encoder.fc2.weight": lambda c: (c.lre.dim, c.lre.hidden),
+    "decoder.memory_projection.weight": lambda c: (None if c.decoder.hub_id else c.decoder.hidden, c.d_model),
+    "decoder.bert.bert.embeddings.word_embeddings.weight":
+        lambda c: (c.decoder.vocab_size or None, None if c.decoder.hub_id else c.decoder.hidden),
+}
+
+
+def implied_shapes(config: REVTAFConfig) -> dict[str, tuple[int | None, ...]]:
+    return {name: shape(config) for name, shape in IMPLIED_SHAPES.items()}
+
+
+def check_implied_shapes(path: Path, stored: dict[str, StoredTensor], config: REVTAFConfig) -> None:
+    """The key tensors' shapes against config.json: a changed width is refused without torch (the
+    rest, e.g. a changed layer count, by :func:`check_shapes` once the model is built)."""
+    for name, expected in implied_shapes(config).items():
+        shape = stored[name].shape if name in stored else None
+        if shape is not None and not _fits(shape, expected):
+            implied = "(" + ", ".join("*" if n is None else str(n) for n in expected) + ")"
+            raise ValueError(f"{path}: {name} is {shape}, config.json implies {implied}: "
+                             "the weights do not match config.json")
+
+
+def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
+    return len(shape) == len(expected) and all(e is None or n == e for n, e in zip(shape, expected, strict=True))
+
+
+def non_finite(path: Path, stored: dict[str, StoredTensor]) -> list[str]:
+    """The float tensors holding a NaN or an infinity, found by their exponent bits in a memory
+    map of the file, a slice at a time (no torch, no copy of the weights)."""
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    broken = []
+    for name, t in stored.items():
+        if t.dtype not in NON_FINITE_BITS:
+            continue
+        bits, mask = NON_FINITE_BITS[t.dtype]
+        step = SCAN_BYTES - SCAN_BYTES % ITEM_BYTES[t.dtype]
+        if any(np.any((data[i:min(i + step, t.end)].view(bits) & mask) == mask) for i in range(t.start, t.end, step)):
+            broken.append(name)
+    return broken
+
+
+def check_finite(path: Path, stored: dict[str, StoredTensor]) -> None:
+    """NaN or infinite weights are refused: they load silently and make every report empty."""
+    broken = non_finite(path, stored)
     if broken:
         raise ValueError(
             f"{path}: {len(broken)} tensor(s) hold NaN or infinite values, e.g. {broken[0]}: the weights are corrupt"
         )
-    return tensors
+
+
+def check_weights(path: Path, config: REVTAFConfig) -> dict[str, StoredTensor]:
+    """Every check that needs no torch: a sound header, the key shapes config.json implies, finite
+    values. The demo runs it before importing gradio and torch."""
+    stored = read_header(path)
+    check_implied_shapes(path, stored, config)
+    check_finite(path, stored)
+    return stored
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checked file, once they are known to be finite."""
+    check_finite(path, read_header(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle is not iterable)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
 
 
 def check_complete(path: Path, module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
