@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import tiny_model
+from model_fixtures import tiny_model, tiny_tokenizer
 from safetensors.torch import load_file, save_file
 
+from rrg_core import checkpoint
 from rrg_core import model as model_module
 from rrg_core.__main__ import main
 from rrg_core.checkpoint import WEIGHTS_NAME
 from rrg_core.config import REVTAFConfig, merge_overrides
 from rrg_core.model import CONFIG_NAME, REVTAF
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +109,123 @@ def test_a_good_folder_still_loads_and_presets_pass_their_own_checks(good):
     assert REVTAF.from_pretrained(good).config.lre.dim == json.loads((good / CONFIG_NAME).read_text())["lre"]["dim"]
     for name in ("tiny", "small", "paper"):
         REVTAFConfig.preset(name)
+
+
+# ---- the checks that need no torch ----------------------------------------------------------------
+def _truncate(folder: Path) -> Path:
+    data = (folder / WEIGHTS_NAME).read_bytes()
+    (folder / WEIGHTS_NAME).write_bytes(data[: len(data) // 2])
+    return folder
+
+
+BROKEN = {  # name -> (how the good folder is broken, what the one sentence says)
+    "hidden size": (lambda f: _edit_config(f, decoder={"hidden": 64}), "config.json implies (64, 32)"),
+    "NaN": (lambda f: _poison_weights(f, float("nan")), "hold NaN or infinite values"),
+    "infinity": (lambda f: _poison_weights(f, float("-inf")), "hold NaN or infinite values"),
+    "truncated": (_truncate, "it is truncated or padded"),
+    "not safetensors": (lambda f: (f / WEIGHTS_NAME).write_bytes(b"not safetensors") and f,
+                        "is not a readable safetensors file"),
+}
+# Runs app.main on each folder in a fresh process and says which heavy modules it imported.
+APP_PROBE = """
+import contextlib, io, json, sys
+import app
+out = {}
+for name, folder in json.loads(sys.argv[1]).items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = app.main(["--weights", folder, "--port", "1"])
+    out[name] = {"code": code, "err": err.getvalue(), "imported": [m for m in ("torch", "gradio") if m in sys.modules]}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def app_refusals(good, tmp_path_factory) -> dict[str, dict]:
+    folders = {}
+    for name, (breaks, _) in BROKEN.items():
+        folders[name] = str(breaks(Path(shutil.copytree(good, tmp_path_factory.mktemp("broken") / "weights"))))
+    done = subprocess.run([sys.executable, "-c", APP_PROBE, json.dumps(folders)], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_the_app_refuses_broken_weights_before_importing_gradio_or_torch(app_refusals, name):
+    refusal = app_refusals[name]
+    assert refusal["code"] == 2 and refusal["imported"] == [], refusal
+    assert refusal["err"].startswith("app.py: cannot start: ") and refusal["err"].count("\n") == 1, refusal
+    assert BROKEN[name][1] in refusal["err"], refusal
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_values_are_found_in_every_float_dtype_without_torch(tmp_path, monkeypatch, dtype, value):
+    """bfloat16 has no numpy dtype: its exponent bits are tested. Small scan slices make the bad
+    value sit in a later slice of a tensor than the first."""
+    monkeypatch.setattr(checkpoint, "SCAN_BYTES", 64)
+    bad = torch.linspace(-3e4, 3e4, 1000).to(dtype)
+    bad[900] = value
+    path = tmp_path / WEIGHTS_NAME
+    save_file({"fine": torch.linspace(-3e4, 3e4, 1000).to(dtype), "ids": torch.arange(5), "bad": bad}, str(path))
+    assert checkpoint.non_finite(path, checkpoint.read_header(path)) == ["bad"]
+
+
+def test_finite_extremes_are_not_taken_for_non_finite_values(tmp_path):
+    extremes = {str(dtype): torch.tensor([torch.finfo(dtype).max, torch.finfo(dtype).min, torch.finfo(dtype).tiny,
+                                          0.0, -0.0], dtype=dtype)
+                for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+    save_file(extremes, str(tmp_path / WEIGHTS_NAME))
+    assert checkpoint.non_finite(tmp_path / WEIGHTS_NAME, checkpoint.read_header(tmp_path / WEIGHTS_NAME)) == []
+
+
+def _rewrite_header(data: bytes, edit) -> bytes:
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8: 8 + length])
+    edit(header)
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data[8 + length:]
+
+
+def _set(name: str, key: str, value):
+    return lambda header: header[name].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "corrupt, reason",
+    [
+        (lambda d: d[:5], "does not fit a file of 5 bytes"),
+        (lambda d: (10**9).to_bytes(8, "little") + d[8:], "does not fit"),
+        (lambda d: d[:8] + b"{" * (len(d) - 8), "is not a readable safetensors file (Expecting"),
+        (lambda d: d + b"\0" * 8, "it is truncated or padded"),
+        (lambda d: _rewrite_header(d, _set("a", "dtype", "F7")), "a has the unknown dtype 'F7'"),
+        (lambda d: _rewrite_header(d, _set("a", "shape", [3])), "a's byte range does not match its shape [3]"),
+        (lambda d: _rewrite_header(d, _set("a", "shape", [-2, -2])), "a has a malformed shape or byte range"),
+        (lambda d: _rewrite_header(d, _set("b", "data_offsets", [0, 16])), "the tensors' byte ranges overlap"),
+        (lambda d: _rewrite_header(d, lambda h: h.__setitem__("a", "x")), "is not a readable safetensors file"),
+    ],
+)
+def test_a_corrupt_header_is_refused_with_one_sentence(tmp_path, corrupt, reason):
+    path = tmp_path / WEIGHTS_NAME
+    save_file({"a": torch.zeros(4), "b": torch.ones(2, 2)}, str(path))
+    path.write_bytes(corrupt(path.read_bytes()))
+    with pytest.raises(ValueError, match="is not a readable safetensors file") as err:
+        checkpoint.read_header(path)
+    assert reason in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"lre": {"enabled": False}}, {"fvtaf": {"enabled": False}, "vision": {"feature_pyramid": False}},
+     {"vision": {"n_views": 2}, "d_model": 48, "decoder": {"hidden": 40}, "text": {"hidden": 24}}],
+)
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_the_shapes_config_json_implies_are_the_models(preset, overrides):
+    """checkpoint.IMPLIED_SHAPES against the model built on the meta device, so it cannot drift."""
+    tokenizer = tiny_tokenizer()
+    config = REVTAFConfig.preset(preset, **merge_overrides({"decoder": {"vocab_size": len(tokenizer)}}, overrides))
+    with torch.device("meta"):
+        state = REVTAF(config, tokenizer).state_dict()
+    implied = checkpoint.implied_shapes(config)
+    assert set(implied) - set(state) == (set() if config.lre.enabled else {"lre.encoder.fc2.weight"})
+    assert {k: tuple(state[k].shape) for k in implied if k in state} == {k: v for k, v in implied.items() if k in state}
