@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,32 +129,60 @@ def check_shapes(path: Path, stored: dict[str, tuple[int, ...]], expected: dict[
         )
 
 
-# Shapes config.json implies for a few key tensors, one per width a config sets (None: an axis it
-# does not set, e.g. a Hub backbone's width). tests/test_weights_validation.py compares them with
-# the model built on the meta device, so they cannot drift from it.
-IMPLIED_SHAPES: dict[str, Callable[[REVTAFConfig], tuple[int | None, ...]]] = {
-    "visual.project.0.weight": lambda c: (c.d_model, None if c.vision.hub_id else c.vision.hidden_sizes[-1]),
-    "visual.view_embedding": lambda c: (c.vision.n_views, c.d_model),
-    "text.project.0.weight": lambda c: (c.d_model, None if c.text.hub_id else c.text.hidden),
-    "lre.encoder.fc2.weight": lambda c: (c.lre.dim, c.lre.hidden),
-    "decoder.memory_projection.weight": lambda c: (None if c.decoder.hub_id else c.decoder.hidden, c.d_model),
-    "decoder.bert.bert.embeddings.word_embeddings.weight":
-        lambda c: (c.decoder.vocab_size or None, None if c.decoder.hub_id else c.decoder.hidden),
-}
-
-
 def implied_shapes(config: REVTAFConfig) -> dict[str, tuple[int | None, ...]]:
-    return {name: shape(config) for name, shape in IMPLIED_SHAPES.items()}
+    """The shapes config.json implies for a few key tensors, one or more per width a config sets
+    (None: an axis it does not set, e.g. a Hub backbone's width). Tensors a config leaves out
+    (the LRE's when it is off) are simply absent from the file. tests/test_weights_validation.py
+    compares these with the model built on the meta device, so they cannot drift from it."""
+    c = config
+    vocab = c.decoder.vocab_size or None  # the tokenizer's size, shared by both text models
+    vision_width = None if c.vision.hub_id else c.vision.hidden_sizes[-1]
+    text_width = None if c.text.hub_id else c.text.hidden
+    decoder_width = None if c.decoder.hub_id else c.decoder.hidden
+    return {
+        "visual.project.0.weight": (c.d_model, vision_width),
+        "visual.view_embedding": (c.vision.n_views, c.d_model),
+        "text.project.0.weight": (c.d_model, text_width),
+        "text.bert.embeddings.word_embeddings.weight": (None if c.text.hub_id else vocab, text_width),
+        "text.bert.embeddings.position_embeddings.weight": (None if c.text.hub_id else c.text.max_tokens, text_width),
+        "prompt_offsets": (len(c.text.prompts), c.d_model),
+        "lre.encoder.fc2.weight": (c.lre.dim, c.lre.hidden),
+        "decoder.memory_projection.weight": (decoder_width, c.d_model),
+        "decoder.bert.bert.embeddings.word_embeddings.weight": (vocab, decoder_width),
+    }
+
+
+def implied_counts(config: REVTAFConfig) -> dict[str, int]:
+    """Prefix -> how many numbered blocks follow it (layers, stages), as config.json implies."""
+    c, counts = config, {}
+    if not c.vision.hub_id:
+        counts["visual.backbone.encoder.stages."] = len(c.vision.depths)
+        counts.update({f"visual.backbone.encoder.stages.{i}.layers.": n for i, n in enumerate(c.vision.depths)})
+    if not c.text.hub_id:
+        counts["text.bert.encoder.layer."] = c.text.layers
+    if not c.decoder.hub_id:
+        counts["decoder.bert.bert.encoder.layer."] = c.decoder.layers
+    return counts
+
+
+def block_count(names: Iterable[str], prefix: str) -> int:
+    """How many numbered blocks the names hold under ``prefix`` (``prefix`` + number + ``.``...)."""
+    return len({name[len(prefix):].partition(".")[0] for name in names if name.startswith(prefix)})
 
 
 def check_implied_shapes(path: Path, stored: dict[str, StoredTensor], config: REVTAFConfig) -> None:
-    """The key tensors' shapes against config.json: a changed width is refused without torch (the
-    rest, e.g. a changed layer count, by :func:`check_shapes` once the model is built)."""
+    """The key tensors' shapes and the layer counts against config.json: a changed width or
+    depth is refused without torch (anything else by :func:`check_shapes` once the model is built)."""
     for name, expected in implied_shapes(config).items():
         shape = stored[name].shape if name in stored else None
         if shape is not None and not _fits(shape, expected):
             implied = "(" + ", ".join("*" if n is None else str(n) for n in expected) + ")"
             raise ValueError(f"{path}: {name} is {shape}, config.json implies {implied}: "
+                             "the weights do not match config.json")
+    for prefix, expected in implied_counts(config).items():
+        found = block_count(stored, prefix)
+        if found != expected:
+            raise ValueError(f"{path} holds {found} numbered blocks {prefix}N, config.json implies {expected}: "
                              "the weights do not match config.json")
 
 

@@ -217,15 +217,28 @@ def test_a_corrupt_header_is_refused_with_one_sentence(tmp_path, corrupt, reason
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"lre": {"enabled": False}}, {"fvtaf": {"enabled": False}, "vision": {"feature_pyramid": False}},
-     {"vision": {"n_views": 2}, "d_model": 48, "decoder": {"hidden": 40}, "text": {"hidden": 24}}],
+     {"vision": {"n_views": 2, "depths": [2, 1, 3]}, "d_model": 48, "decoder": {"hidden": 40, "layers": 2},
+      "text": {"hidden": 24, "layers": 3, "max_tokens": 20, "prompt_offsets": False}}],
 )
 @pytest.mark.parametrize("preset", ["tiny", "small"])
-def test_the_shapes_config_json_implies_are_the_models(preset, overrides):
-    """checkpoint.IMPLIED_SHAPES against the model built on the meta device, so it cannot drift."""
+def test_what_config_json_implies_is_the_models(preset, overrides):
+    """checkpoint.implied_shapes and implied_counts against the model built on the meta device, so
+    they cannot drift from it."""
     tokenizer = tiny_tokenizer()
     config = REVTAFConfig.preset(preset, **merge_overrides({"decoder": {"vocab_size": len(tokenizer)}}, overrides))
     with torch.device("meta"):
         state = REVTAF(config, tokenizer).state_dict()
     implied = checkpoint.implied_shapes(config)
-    assert set(implied) - set(state) == (set() if config.lre.enabled else {"lre.encoder.fc2.weight"})
+    absent = {"lre.encoder.fc2.weight"} if not config.lre.enabled else set()
+    absent |= {"prompt_offsets"} if not config.text.prompt_offsets else set()
+    assert set(implied) - set(state) == absent
     assert {k: tuple(state[k].shape) for k in implied if k in state} == {k: v for k, v in implied.items() if k in state}
+    counts = checkpoint.implied_counts(config)
+    assert {prefix: checkpoint.block_count(state, prefix) for prefix in counts} == counts
+
+
+def test_a_changed_layer_count_is_refused_without_torch(good, tmp_path):
+    folder = _edit_config(_copy(good, tmp_path), decoder={"layers": 2})
+    config = REVTAFConfig.load(folder / CONFIG_NAME)
+    with pytest.raises(ValueError, match=r"holds 1 numbered blocks decoder.bert.bert.encoder.layer.N, config.json implies 2"):
+        checkpoint.check_weights(folder / WEIGHTS_NAME, config)
