@@ -3,11 +3,12 @@ good weights.
 
     python -m benchmarks.bench_weights_refusal [--baseline ../main] [--repeats 3]
 
-1. Refusals: the default weights broken four ways (a hidden size in config.json that the file
-   does not have, a layer count it does not have, one NaN, the file cut in half), each started
-   as `python app.py` in this tree and in ``--baseline`` (another checkout, e.g. main),
-   alternated: seconds to the exit, exit code, peak RSS and the sentence. A layer count is
-   only seen by the full check on the meta device, after torch is imported.
+1. Refusals: the default weights broken five ways (a hidden size and a layer count in
+   config.json that the file does not have, a report length it was not trained for, one NaN,
+   the file cut in half), each started as `python app.py` in this tree and in ``--baseline``
+   (another checkout, e.g. main), alternated: seconds to the exit, exit code, peak RSS and the
+   sentence. The report length (the decoder's position table) is only seen by the full check on
+   the meta device, after torch is imported.
 2. Good weights: seconds from `python app.py` to HTTP 200 on / (the checks run before it).
 3. This process: the torch-free checks on the default weights, and the NaN scan by numpy
    (rrg_core.checkpoint) against torch.isfinite over the same tensors.
@@ -60,6 +61,7 @@ def _truncate(folder: Path) -> None:
 BREAKS: dict[str, Callable[[Path], None]] = {
     "hidden size (decoder.hidden 256 -> 512)": lambda f: _edit_config(f, decoder={"hidden": 512}),
     "layer count (decoder.layers 3 -> 4)": lambda f: _edit_config(f, decoder={"layers": 4}),
+    "report length (decoder.max_report_tokens 100 -> 120)": lambda f: _edit_config(f, decoder={"max_report_tokens": 120}),
     "NaN in one tensor": _one_nan,
     "truncated file": _truncate,
 }
