@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 
 import gradio as gr
 import pytest
+from conftest import _free_port
 from playwright.sync_api import expect, sync_playwright
 from test_demo_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, _upload
 
@@ -21,12 +21,6 @@ from demo.ui import EXAMPLES_DIR
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 FORGET_WITHIN_S = 20  # Gradio sees the closed heartbeat connection, then runs the unload event
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

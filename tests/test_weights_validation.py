@@ -111,6 +111,23 @@ def test_a_good_folder_still_loads_and_presets_pass_their_own_checks(good):
         REVTAFConfig.preset(name)
 
 
+def test_a_mismatch_only_the_built_model_shows_stops_the_served_app_with_one_sentence(good, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """The decoder's position table (max_report_tokens) is not among the shapes checked without
+    torch: the page is served first, and the shape check on the meta device stops it."""
+    from conftest import _free_port
+
+    import app
+
+    monkeypatch.setattr("signal.signal", lambda *args: None)  # leave pytest's handlers alone
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # app.main sets it: restored after
+    folder = _edit_config(_copy(good, tmp_path), decoder={"max_report_tokens": 60})
+    assert app.main(["--weights", str(folder), "--port", str(_free_port())]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("app.py: cannot start: ") and err.count("\n") == 1, err
+    assert "position_embeddings.weight is (58, 32), the model expects (78, 32)" in err, err
+
+
 # ---- the checks that need no torch ----------------------------------------------------------------
 def _truncate(folder: Path) -> Path:
     data = (folder / WEIGHTS_NAME).read_bytes()
