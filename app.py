@@ -9,6 +9,8 @@ Each option has an environment equivalent (RRG_WEIGHTS, RRG_REFERENCE_DATA, GRAD
 GRADIO_SERVER_PORT, RRG_AUTH, RRG_ALLOWED_HOSTS, RRG_QUEUE_SIZE); Spaces sets the server name and
 port, and its SPACE_HOST is an allowed host. Weights that cannot be had stop the start with one
 sentence on stderr and exit code 2: serving other weights than the ones asked for would be worse.
+Whatever can be checked without torch (config.json, the safetensors header, the shapes config.json
+implies, finite values: rrg_core.checkpoint.check_weights) is, before gradio and torch are imported.
 The page answers as soon as Gradio serves it and says "Loading the model" until torch,
 transformers and the weights, whose loading starts before gradio is imported, are ready
 (requests wait for them).
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from demo import review_setup, service, storage  # and a broken weights folder before gradio is
 
     try:
-        loading = service.Loading(args.weights, args.reference_data)  # locates the weights; no torch yet
+        loading = service.Loading(args.weights, args.reference_data)  # locates and checks them; no torch
         review = review_setup.prepare(args)  # None without --review
     except service.STARTUP_ERRORS as err:
         return _cannot_start(err)
