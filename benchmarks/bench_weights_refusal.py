@@ -1,7 +1,7 @@
 """How fast ``python app.py --weights BROKEN`` refuses broken weights, and what checking them costs
 good weights.
 
-    python -m benchmarks.bench_weights_refusal [--baseline ../main] [--repeats 3]
+    python -m benchmarks.bench_weights_refusal [--baseline ../main] [--repeats 3] [--http-repeats 10]
 
 1. Refusals: the default weights broken five ways (a hidden size and a layer count in
    config.json that the file does not have, a report length it was not trained for, one NaN,
@@ -9,7 +9,8 @@ good weights.
    (another checkout, e.g. main), alternated: seconds to the exit, exit code, peak RSS and the
    sentence. The report length (the decoder's position table) is only seen by the full check on
    the meta device, after torch is imported.
-2. Good weights: seconds from `python app.py` to HTTP 200 on / (the checks run before it).
+2. Good weights: seconds from `python app.py` to HTTP 200 on / (the checks run before it),
+   ``--http-repeats`` times per tree in a shuffled order.
 3. This process: the torch-free checks on the default weights, and the NaN scan by numpy
    (rrg_core.checkpoint) against torch.isfinite over the same tensors.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -100,7 +102,7 @@ def to_http_200(tree: Path, folder: Path) -> float:
         proc.wait(timeout=30)
 
 
-def app_table(trees: dict[str, Path], folders: dict[str, Path], good: Path, repeats: int) -> None:
+def app_table(trees: dict[str, Path], folders: dict[str, Path], good: Path, repeats: int, http_repeats: int) -> None:
     print(f"\n## `python app.py --weights BROKEN` (medians of {repeats}, trees alternated)\n")
     print("| weights | tree | s to exit | exit code | peak RSS MB | sentence |\n| --- | --- | --- | --- | --- | --- |")
     for case, folder in folders.items():
@@ -113,13 +115,15 @@ def app_table(trees: dict[str, Path], folders: dict[str, Path], good: Path, repe
             print(f"| {case} | {label} | {statistics.median(seconds):.1f} | {set(code)} | "
                   f"{statistics.median(rss):.0f} | {sentence[-1][:150]} |")
     times: dict[str, list[float]] = {label: [] for label in trees}
-    for _ in range(repeats):
-        for label, tree in trees.items():
-            times[label].append(to_http_200(tree, good))
-    print(f"\n## Good (default) weights: s to HTTP 200 (medians of {repeats})\n")
-    print("| tree | s to HTTP 200 |\n| --- | --- |")
+    order = [label for label in trees for _ in range(http_repeats)]
+    random.Random(0).shuffle(order)  # strict alternation let the machine's load drift favour one tree
+    for label in order:
+        times[label].append(to_http_200(trees[label], good))
+    print(f"\n## Good (default) weights: s to HTTP 200 ({http_repeats} runs per tree, in a shuffled order)\n")
+    print("| tree | median | mean | min | max |\n| --- | --- | --- | --- | --- |")
     for label, seconds in times.items():
-        print(f"| {label} | {statistics.median(seconds):.2f} |")
+        print(f"| {label} | {statistics.median(seconds):.2f} | {statistics.mean(seconds):.2f} | {min(seconds):.2f} | "
+              f"{max(seconds):.2f} |")
 
 
 def scan_table(repeats: int) -> None:
@@ -153,6 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, help="another checkout of this repository to compare with")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--http-repeats", type=int, default=10)
     args = parser.parse_args()
     trees = {"this tree": REPO, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
@@ -161,7 +166,7 @@ def main() -> None:
         for i, (case, breaks) in enumerate(BREAKS.items()):
             folders[case] = Path(shutil.copytree(DEFAULT_WEIGHTS, Path(tmp) / str(i)))
             breaks(folders[case])
-        app_table(trees, folders, DEFAULT_WEIGHTS, args.repeats)
+        app_table(trees, folders, DEFAULT_WEIGHTS, args.repeats, args.http_repeats)
     scan_table(args.repeats)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
