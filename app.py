@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from demo import memory
 
     memory.tune()  # before any thread or large array
-    from rrg_core.config import check_folder_config
+    from rrg_core.checkpoint import check_folder
 
     try:
-        check_folder_config(args.weights)  # a broken config.json is refused before torch is imported
+        check_folder(args.weights)  # a broken folder is refused before torch is imported
     except ValueError as err:
         return _cannot_start(err)
     from demo import review_setup, service, storage  # and a broken weights folder before gradio is

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
         return 0
-    from .config import check_folder_config
+    from .checkpoint import check_folder
     from .decisions import apply_overrides, coherent
 
     try:  # overrides that contradict each other whatever the model predicts are a usage error
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     try:
-        check_folder_config(args.weights)  # a broken config.json is refused before torch is imported
+        check_folder(args.weights)  # a broken folder is refused before torch is imported
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     from .datasets import report_texts

@@ -214,6 +214,18 @@ def check_finite(path: Path, stored: dict[str, StoredTensor]) -> None:
         )
 
 
+def check_folder(weights: str | Path | None) -> None:
+    """config.json and model.safetensors of a local weights folder, if ``weights`` is one, checked
+    without torch (the CLI and the app call this first, so a broken folder is refused in a moment)."""
+    from .config import REVTAFConfig
+
+    if weights is None or not (Path(weights) / "config.json").is_file():
+        return
+    config = REVTAFConfig.load(Path(weights) / "config.json")
+    if (Path(weights) / WEIGHTS_NAME).is_file():
+        check_weights(Path(weights) / WEIGHTS_NAME, config)
+
+
 def check_weights(path: Path, config: REVTAFConfig) -> dict[str, StoredTensor]:
     """Every check that needs no torch: a sound header, the key shapes config.json implies, finite
     values. The demo runs it before importing gradio and torch."""

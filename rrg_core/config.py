@@ -227,13 +227,6 @@ class REVTAFConfig:
         return cls.from_dict(data)
 
 
-def check_folder_config(weights: str | Path | None) -> None:
-    """Read and check the config.json of a local weights folder, if ``weights`` is one (the CLI and
-    the demo call this before importing torch, so a broken config is refused in a moment)."""
-    if weights is not None and (Path(weights) / "config.json").is_file():
-        REVTAFConfig.load(Path(weights) / "config.json")
-
-
 # ---- format 1: one flat object ---------------------------------------------------------------------
 # Old name -> (section, new name); a section of None stays at the top level.
 FLAT_NAMES: dict[str, tuple[str | None, str]] = {

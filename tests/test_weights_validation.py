@@ -58,7 +58,7 @@ def _poison_weights(folder: Path, value: float) -> Path:
         ({"d_model": 33}, "config.json: d_model (33) must be a multiple of n_heads (2)"),
         ({"vision": {"n_views": 3}}, "config.json: vision.n_views must be one of [1, 2], got 3"),
         ({"lre": "big"}, "config.json: lre must be a JSON object"),
-        ({"decoder": {"hidden": 4096}}, "tensor(s) have the wrong shape"),
+        ({"decoder": {"hidden": 4096}}, "the weights do not match config.json"),
     ],
 )
 def test_a_bad_config_is_one_sentence_and_exit_2(good, tmp_path, capsys, change, sentence):
