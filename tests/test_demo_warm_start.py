@@ -95,7 +95,9 @@ def _wait_for(url: str, timeout_s: float = 60) -> str:
             time.sleep(0.1)
 
 
-def test_weights_that_fail_to_load_stop_the_served_app_with_one_sentence(tmp_path, weights, capsys, monkeypatch):
+def test_a_file_that_is_not_safetensors_stops_the_app_with_one_sentence(tmp_path, weights, capsys, monkeypatch):
+    """Refused before the page is served (the weights that only fail once torch has loaded them:
+    tests/test_weights_validation.py, the full shape check)."""
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # leave pytest's handlers alone
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "README.md"):
         (tmp_path / name).write_bytes((weights / name).read_bytes())
