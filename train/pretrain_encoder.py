@@ -164,7 +164,8 @@ def scores(logits: Tensor, films: Films, min_positives: int) -> dict:
     shipped = diagnosis_auroc(logits.float().numpy(), films.shipped, min_positives)
     return {"test_auroc": ours["mean"], "test_auroc_ci95": bootstrap_interval(logits, films, ours["mean_over"]),
             "test_per_class": ours["per_class"], "test_positives": ours["positives"],
-            "test_auroc_shipped_labels": shipped["mean"]}
+            "test_auroc_shipped_labels": shipped["mean"], "test_per_class_shipped_labels": shipped["per_class"],
+            "test_positives_shipped_labels": shipped["positives"]}
 
 
 def bootstrap_interval(logits: Tensor, films: Films, observations: Sequence[str], n: int = 500) -> list[float]:
