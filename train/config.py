@@ -24,6 +24,9 @@ class TrainConfig:
     preset: str = "small"
     model: dict[str, Any] = field(default_factory=dict)  # REVTAFConfig overrides (ablation switches, sizes)
     wordpiece_vocab_size: int = 2000  # the WordPiece vocabulary trained on the reports (no Hub decoder)
+    # A safetensors file of visual.* weights (train.pretrain_encoder) the encoder starts from
+    # instead of a random initialisation; its vision section must match the model's.
+    init_visual: str | None = None
     # optimisation (paper: AdamW, warm-up from 5e-7 over 2,000 steps, cosine 5e-5 -> 5e-6, wd 0.05)
     epochs: int = 10
     # The first epochs train the image side alone on the labels (REVTAF.forward image_only):

@@ -114,7 +114,12 @@ def make_model(cfg: TrainConfig, train_studies, out: Path, resume: bool) -> REVT
                             diagnosis={"label_priors": label_priors(train_studies).tolist()})
     tokenizer.save_pretrained(out / "tokenizer")
     config.save(out / "model_config.json")
-    return REVTAF(config, tokenizer)
+    model = REVTAF(config, tokenizer)
+    if cfg.init_visual:
+        from .pretrain_encoder import load_visual  # here: that module imports this one
+
+        load_visual(model.visual, cfg.init_visual)
+    return model
 
 
 def loader(studies, model: REVTAF, cfg: TrainConfig, *, train: bool) -> DataLoader:
