@@ -18,7 +18,7 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from rrg_core.observations import OBSERVATIONS, STATE_NAMES, State
+from rrg_core.observations import OBSERVATIONS, STATE_NAMES, State, state_from_word
 from rrg_core.outputs import AttentionMap, Report, peak_ratio
 from rrg_core.xray_io import XRay, to_uint8
 
@@ -26,9 +26,6 @@ VIEW_NAMES: tuple[str, ...] = ("frontal", "lateral")
 FINDINGS_HEADERS = ["Finding", "State (editable)", "Group", "P(pos.)", "P(unc.)", "P(neg.)", "P(not mentioned)",
                     "Map side (patient R / L)", "Decided by"]
 STATE_COLUMN = 1
-# What a reader may type in the state column (any unambiguous start of a word, any case).
-_STATE_WORDS = {"positive": "positive", "negative": "negative", "uncertain": "uncertain",
-                "blank": "blank", "not mentioned": "blank", "none": "blank"}
 # Relative widths of the columns that need more room than a number; any other column gets 1.
 WIDE_COLUMNS = {"Finding": 2.2, "State (editable)": 1.4, "P(not mentioned)": 1.3, "Map side (patient R / L)": 1.6,
                 "Decided by": 2.2}
@@ -207,11 +204,11 @@ def edited_states(report: Report, rows: Sequence[Sequence]) -> dict[str, str]:
         name, cell = str(row[0]), str(row[STATE_COLUMN]).strip().lower()
         if name not in shown or cell == shown[name]:
             continue
-        matches = {state for word, state in _STATE_WORDS.items() if cell and word.startswith(cell)}
-        if len(matches) != 1:
+        state = state_from_word(cell)
+        if state is None:
             raise ValueError(f"{name}: “{row[STATE_COLUMN]}” is not a state; type positive, negative, uncertain "
                              "or blank")
-        overrides[name] = matches.pop()
+        overrides[name] = STATE_NAMES[state]
     return overrides
 
 

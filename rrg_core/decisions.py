@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .observations import OBSERVATIONS, PATHOLOGIES, STATE_NAMES, State
+from .observations import OBSERVATIONS, PATHOLOGIES, State, state_from_word
 
 DECISION_NAME = "decision.json"
 NO_FINDING = OBSERVATIONS.index("No Finding")
 _PATHOLOGY_INDICES = [OBSERVATIONS.index(o) for o in PATHOLOGIES]
 # Accepted spellings of a state in overrides (CLI, API, demo).
-_STATE_WORDS = {**{name: State(i) for i, name in enumerate(STATE_NAMES)}, "blank": State.BLANK}
 # Observations with fewer validation positives than this keep the posterior's majority (0.5).
 MIN_POSITIVES = 8
 DEFAULT_THRESHOLD = 0.5
@@ -94,10 +93,8 @@ def parse_overrides(overrides: Mapping[str, str | int] | None) -> dict[str, Stat
         observation = names.get(str(name).strip().lower())
         if observation is None:
             raise ValueError(f"unknown observation {name!r}; choose one of: {', '.join(OBSERVATIONS)}")
-        if isinstance(value, str):
-            state = _STATE_WORDS.get(value.strip().lower())
-        else:
-            state = State(value) if value in set(State) else None
+        numbered = State(value) if not isinstance(value, str) and value in set(State) else None
+        state = state_from_word(value) if isinstance(value, str) else numbered
         if state is None:
             raise ValueError(f"unknown state {value!r} for {observation}; choose positive, negative, uncertain or blank")
         out[observation] = state

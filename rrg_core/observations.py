@@ -62,6 +62,18 @@ class State(IntEnum):
 
 STATE_TOKENS: tuple[str, ...] = ("[BLA]", "[POS]", "[NEG]", "[UNC]")
 STATE_NAMES: tuple[str, ...] = ("not mentioned", "positive", "negative", "uncertain")
+# The words a reader may give for a state (the CLI's --state, the demo's table, the API): the
+# names above, and "blank" or "none" for not mentioned.
+STATE_WORDS: dict[str, State] = {**{name: State(i) for i, name in enumerate(STATE_NAMES)},
+                                 "blank": State.BLANK, "none": State.BLANK}
+
+
+def state_from_word(word: str) -> State | None:
+    """The state a reader's word names, in any case; any unambiguous start of a word will do
+    ("NEG", "unc"). None when it names no state, or several ("n")."""
+    word = word.strip().lower()
+    matches = {state for name, state in STATE_WORDS.items() if word and name.startswith(word)}
+    return matches.pop() if len(matches) == 1 else None
 
 _CHEXPERT_TO_STATE = {None: State.BLANK, 1: State.POSITIVE, 0: State.NEGATIVE, -1: State.UNCERTAIN}
 _STATE_TO_CHEXPERT = {v: k for k, v in _CHEXPERT_TO_STATE.items()}

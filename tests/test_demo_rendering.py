@@ -210,7 +210,7 @@ def test_the_reader_edits_states_in_the_table():
     rows = rendering.findings_table(report)
     rows[0][rendering.STATE_COLUMN] = "NEG"  # any unambiguous start of a state, any case
     rows[3][rendering.STATE_COLUMN] = "not mentioned"
-    assert rendering.edited_states(report, rows) == {"Cardiomegaly": "negative", "Pneumothorax": "blank"}
+    assert rendering.edited_states(report, rows) == {"Cardiomegaly": "negative", "Pneumothorax": "not mentioned"}
     rows[1][rendering.STATE_COLUMN] = "maybe"
     with pytest.raises(ValueError, match="“maybe” is not a state"):
         rendering.edited_states(report, rows)

@@ -39,3 +39,15 @@ def test_bad_values_are_refused():
     with pytest.raises(ValueError):
         labels_to_states({"Heart Attack": 1})
     assert chexpert_to_state(float("nan")) == State.BLANK
+
+
+def test_a_readers_state_word_is_read_the_same_everywhere():
+    """One vocabulary for the CLI's --state, the API's overrides and the demo's table."""
+    from rrg_core.decisions import parse_overrides
+    from rrg_core.observations import state_from_word
+
+    assert [state_from_word(w) for w in ("positive", "NEG", " unc ", "blank", "none", "not mentioned")] == [
+        State.POSITIVE, State.NEGATIVE, State.UNCERTAIN, State.BLANK, State.BLANK, State.BLANK]
+    assert state_from_word("n") is None and state_from_word("maybe") is None and state_from_word("") is None
+    assert parse_overrides({"edema": "pos", "Pneumothorax": "none"}) == {"Edema": State.POSITIVE,
+                                                                          "Pneumothorax": State.BLANK}
