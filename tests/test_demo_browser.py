@@ -160,6 +160,7 @@ def test_the_dicom_example_from_the_gallery(page):
 def test_the_reader_overrules_a_finding_and_the_draft_follows(page):
     page = _fresh(page)  # a new tab: nothing left from the tests before
     _upload(page, EXAMPLES_DIR / "normal.png")
+    expect(page.locator("#xray-info")).to_contain_text("PNG")
     page.get_by_role("button", name="Generate report").click()
     report = page.locator("#report textarea")
     expect(report).not_to_have_value("")

@@ -46,6 +46,7 @@ def photo(tmp_path):
 
 def test_a_photograph_gets_the_banner_and_no_draft(page, photo):
     _upload(page, photo)
+    expect(page.locator("#xray-info")).to_contain_text("Frontal view: JPEG")  # read and held before Generate
     page.get_by_role("button", name="Generate report").click()
     banner = page.locator("#gate-banner")
     expect(banner).to_contain_text(COLOUR_REFUSAL)
@@ -57,6 +58,7 @@ def test_a_photograph_gets_the_banner_and_no_draft(page, photo):
 def test_a_phantom_gets_its_draft_and_no_banner(page):
     _upload(page, EXAMPLES_DIR / "cardiomegaly.png")
     expect(page.locator("#gate-banner")).to_be_hidden()  # the previous study's banner goes with a new upload
+    expect(page.locator("#xray-info")).to_contain_text("PNG")
     page.get_by_role("button", name="Generate report").click()
     expect(page.locator("#heatmap img")).to_be_visible()
     expect(page.locator("#report textarea")).not_to_have_value("")

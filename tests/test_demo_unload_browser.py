@@ -73,6 +73,7 @@ def test_a_closed_tab_loses_its_result_and_uploads_at_once_and_open_tabs_keep_th
             tab.set_default_timeout(TIMEOUT_MS)
             tab.goto(url)
             _upload(tab, example)
+            expect(tab.locator("#xray-info")).to_contain_text("PNG")  # the upload is read and held, as a reader sees
             tab.get_by_role("button", name="Generate report").click()
             expect(tab.locator("#report textarea")).not_to_have_value("")
         before = held(page)
