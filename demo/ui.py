@@ -173,7 +173,7 @@ def build(loading: service.Loading, files: storage.RunFolder, queue_size: int = 
 
         def generate_on_page(frontal, lateral, beams, max_length, held, progress=gr.Progress()):
             progress(0.1, desc="Generating the report")
-            return draft(frontal, lateral, held.get, beams, max_length)
+            return draft(frontal, lateral, held_or_taken(held, uploads), beams, max_length)
 
         def generate(frontal, lateral, beams, max_length):
             """Draft a report for one chest X-ray (frontal view, optional lateral view)."""
@@ -193,7 +193,8 @@ def build(loading: service.Loading, files: storage.RunFolder, queue_size: int = 
             return text, findings_rows, txt, js, again
 
         def check_page(frontal, lateral, beams, max_length, held):
-            return [*_view_checks(frontal, lateral, held.get), *_option_checks(beams, max_length), VALID]
+            return [*_view_checks(frontal, lateral, held_or_taken(held, uploads)), *_option_checks(beams, max_length),
+                    VALID]
 
         def check_api(frontal, lateral, beams, max_length):
             checks = [*_view_checks(frontal, lateral, uploads.take), *_option_checks(beams, max_length)]
@@ -272,6 +273,13 @@ def build(loading: service.Loading, files: storage.RunFolder, queue_size: int = 
         return queue_size, max(1, math.ceil(queue_size * pace.seconds / CONCURRENCY_LIMIT))
 
     return page, refused
+
+
+def held_or_taken(held: dict[str, bytes], uploads: storage.Uploads) -> Callable[[str], bytes | None]:
+    """The bytes of an upload for Generate: the session's, or, when Generate comes before the
+    upload's preview has stored them (a loaded server), taken from the disk and parked, where the
+    preview then claims them."""
+    return lambda name: held.get(name) or uploads.take(name)
 
 
 def _path(upload: dict | None) -> str | None:

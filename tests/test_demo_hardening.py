@@ -60,6 +60,22 @@ def test_an_upload_is_deleted_at_its_first_read_and_its_bytes_wait_for_the_claim
     assert uploads.claim(upload) is None  # gone: the caller says "upload it again"
 
 
+def test_generate_before_the_preview_has_stored_the_upload_still_reads_it(tmp_path):
+    """On a loaded server Generate can run before the upload's preview event has stored its bytes
+    in the session: it takes them from the disk, and the preview then claims the parked bytes."""
+    from demo.ui import held_or_taken
+
+    uploads = storage.Uploads(tmp_path)
+    upload = tmp_path / "chest.png"
+    upload.write_bytes(b"film")
+    held: dict[str, bytes] = {}
+    assert held_or_taken(held, uploads)(str(upload)) == b"film"  # Generate first
+    assert not upload.exists() and uploads.parked() == 1
+    held[str(upload)] = uploads.claim(str(upload))  # the preview, late
+    assert held[str(upload)] == b"film" and uploads.parked() == 0
+    assert held_or_taken(held, uploads)(str(upload)) == b"film"  # and the session's copy is used from then on
+
+
 def test_only_uploads_are_deleted_never_examples_or_files_elsewhere(tmp_path):
     root, elsewhere = tmp_path / "uploads", tmp_path / "elsewhere.png"
     root.mkdir()
