@@ -129,19 +129,19 @@ class REVTAF(
         part = {name: saved / folder if saved is not None else None for name, folder in HUB_PARTS.items()}
         self.visual = VisualEncoder(config, part["vision"])
         self.text = TextEncoder(config, tokenizer, part["text"])
-        aligns = config.lre.enabled or config.fvtaf.enabled
-        self.fvtaf = FVTAF(config) if aligns else None
-        self.entity_scores = (
-            EntityScores(len(config.text.prompts), config.fvtaf.entity_pooling, config.fvtaf.sinkhorn_epsilon) if aligns else None
-        )
+        self.fvtaf = FVTAF(config) if config.aligns else None
+        self.entity_scores = None
+        if config.aligns:
+            self.entity_scores = EntityScores(len(config.text.prompts), config.fvtaf.entity_pooling,
+                                              config.fvtaf.sinkhorn_epsilon)
         self.prompt_offsets = None
-        if aligns and config.text.prompt_offsets:
+        if config.aligns and config.text.prompt_offsets:
             self.prompt_offsets = nn.Parameter(torch.randn(len(config.text.prompts), config.d_model))
         self.lre = LearnableRetrievalEnhancer(config) if config.lre.enabled else None
         self.diagnosis = DiagnosisHead(config)
         self.decoder = ReportDecoder(config, tokenizer, part["decoder"])
         self.retriever = Retriever(index, config.retrieval.top_k, config.search_metric)
-        self._prompt_cache: tuple[int, Tensor] | None = None
+        self._prompt_cache: tuple[tuple, Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -179,16 +179,17 @@ class REVTAF(
     def prompt_embeddings(self) -> Tensor:
         """[K, D] the region/entity prompts embedded (plus their learned offsets). They depend on
         the weights only, so outside training they are computed once and kept until a weight of
-        the text side changes (every in-place update bumps a tensor's version counter)."""
+        the text side changes (every in-place update bumps a tensor's version counter) or the
+        model moves to another device or dtype (which keeps the counters)."""
         parts = [*self.text.parameters(), *([self.prompt_offsets] if self.prompt_offsets is not None else [])]
-        version = sum(p._version for p in parts)
+        key = (sum(p._version for p in parts), parts[0].device, parts[0].dtype)
         cacheable = not self.training and not torch.is_grad_enabled()
-        if cacheable and self._prompt_cache is not None and self._prompt_cache[0] == version:
+        if cacheable and self._prompt_cache is not None and self._prompt_cache[0] == key:
             return self._prompt_cache[1]
         prompts = self.text(self.config.text.prompts)
         if self.prompt_offsets is not None:
             prompts = prompts + self.prompt_offsets
-        self._prompt_cache = (version, prompts.detach()) if cacheable else None
+        self._prompt_cache = (key, prompts.detach()) if cacheable else None
         return prompts
 
     def retrieve(self, query: Tensor, exclude_ids: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
@@ -210,10 +211,13 @@ class REVTAF(
         pyramid each set is averaged over 2 x 2 tokens, back to the backbone's own stride: the
         fine grid is for the heatmaps, and the decoder attends to a quarter of the tokens."""
         global_ = self._global(encoding, diagnosis.indices[:, 0])[0] if self.fuses else None
+        return self._memory(encoding, global_), global_
+
+    def _memory(self, encoding: Encoding, global_: MPSAOutput | None) -> Tensor:
         parts = [encoding.visual.tokens] if global_ is None else [encoding.region.fused, global_.fused]
         if self.config.vision.feature_pyramid:
             parts = [encoding.visual.coarsen(p) for p in parts]
-        return torch.cat(parts, dim=1), global_
+        return torch.cat(parts, dim=1)
 
     def _global(self, encoding: Encoding, top1: Tensor) -> tuple[MPSAOutput, Tensor, Tensor]:
         sentences, mask = self.retriever.sentences_of(top1)
@@ -252,10 +256,11 @@ class REVTAF(
 
         diagnosis = self.diagnose(encoding, batch.get("study_ids"))
         losses["cls"] = self.diagnosis.loss(diagnosis.logits, states)
+        global_ = None
         if self.fuses:
             global_, sentences, mask = self._global(encoding, diagnosis.indices[:, 0])
             losses["align"] = consistency_loss(encoding.region.maps, global_.maps, encoding.prompts, sentences, mask)
-        memory, _ = self.read_references(encoding, diagnosis)
+        memory = self._memory(encoding, global_)  # the global alignment computed once per step
         # Teacher forcing: the true states are the prompt during training (PromptMRG).
         losses["lm"] = self.decoder.loss(memory, states, batch["report_ids"], batch["report_mask"])
 

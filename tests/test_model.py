@@ -385,6 +385,8 @@ def test_prompt_embeddings_are_kept_at_inference_until_a_weight_changes():
         torch.testing.assert_close(moved, first + 1.0)
         model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
         assert model.prompt_embeddings() is not moved
+        model.double()  # moving to another dtype or device keeps the version counters
+        assert model.prompt_embeddings().dtype == torch.float64
     model.train()
     with torch.no_grad():
         assert model.prompt_embeddings() is not model.prompt_embeddings()  # never cached in training
