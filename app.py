@@ -78,16 +78,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from demo import memory
 
     memory.tune()  # before any thread or large array
-    from rrg_core.checkpoint import check_folder
+    from demo import review_setup, service, storage
 
     try:
-        check_folder(args.weights)  # a broken folder is refused before torch is imported
-    except ValueError as err:
-        return _cannot_start(err)
-    from demo import review_setup, service, storage  # and a broken weights folder before gradio is
-
-    try:
-        loading = service.Loading(args.weights, args.reference_data)  # locates and checks them; no torch
+        # Locates and checks the weights without torch: a broken folder is refused before torch and gradio load.
+        loading = service.Loading(args.weights, args.reference_data)
         review = review_setup.prepare(args)  # None without --review
     except service.STARTUP_ERRORS as err:
         return _cannot_start(err)
