@@ -11,9 +11,8 @@ from pathlib import Path
 # Weights and example films shipped with the package: installed, the package data
 # site-packages/rrg_core/assets (pyproject.toml maps it onto assets/); in a source checkout,
 # the repository's assets/. Named weights load as ``load_model("iu-xray-small")``.
-ASSETS = next((root for root in (Path(__file__).resolve().parent / "assets", Path(__file__).resolve().parents[1] / "assets")
-               if root.is_dir()), Path(__file__).resolve().parents[1] / "assets")
-WEIGHTS_ROOTS = (ASSETS / "weights",)
+_PACKAGED = Path(__file__).resolve().parent / "assets"
+ASSETS = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[1] / "assets"
 NAMED_WEIGHTS = ("synthcxr", "iu-xray-small")
 DEFAULT_NAME = "synthcxr"  # embedded, offline
 
@@ -35,11 +34,10 @@ def parse_weights_spec(spec: str) -> tuple[str, str | None]:
 
 def named_weights(name: str) -> Path:
     """The folder of weights shipped with the package under ``name`` (see NAMED_WEIGHTS)."""
-    for root in WEIGHTS_ROOTS:
-        if (root / name / "config.json").is_file():
-            return root / name
-    raise WeightsUnavailable(f"the named weights {name!r} are not installed with this package "
-                             f"(looked in {', '.join(str(r) for r in WEIGHTS_ROOTS)})")
+    folder = ASSETS / "weights" / name
+    if not (folder / "config.json").is_file():
+        raise WeightsUnavailable(f"the named weights {name!r} are not installed with this package (looked in {folder})")
+    return folder
 
 
 def resolve_weights(
