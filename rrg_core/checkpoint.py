@@ -216,7 +216,7 @@ def check_finite(path: Path, stored: dict[str, StoredTensor]) -> None:
 
 def check_folder(weights: str | Path | None) -> None:
     """config.json and model.safetensors of a local weights folder, if ``weights`` is one, checked
-    without torch (the CLI and the app call this first, so a broken folder is refused in a moment)."""
+    without torch (the CLI calls this first, so a broken folder is refused in a moment)."""
     from .config import REVTAFConfig
 
     if weights is None or not (Path(weights) / "config.json").is_file():
@@ -226,13 +226,12 @@ def check_folder(weights: str | Path | None) -> None:
         check_weights(Path(weights) / WEIGHTS_NAME, config)
 
 
-def check_weights(path: Path, config: REVTAFConfig) -> dict[str, StoredTensor]:
+def check_weights(path: Path, config: REVTAFConfig) -> None:
     """Every check that needs no torch: a sound header, the key shapes config.json implies, finite
     values. The demo runs it before importing gradio and torch."""
     stored = read_header(path)
     check_implied_shapes(path, stored, config)
     check_finite(path, stored)
-    return stored
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -68,12 +68,6 @@ _ADD_ROWS = 1 << 18  # references augmented and added to faiss at a time
 faiss.cvar.distance_compute_blas_threshold = 2
 
 
-def mean_sentence(sentences: Tensor, mask: Tensor) -> Tensor:
-    """One vector per report: the masked mean of its sentence embeddings [..., S, D] -> [..., D]."""
-    weights = mask.unsqueeze(-1).to(sentences.dtype)
-    return (sentences * weights).sum(-2) / weights.sum(-2).clamp_min(1)
-
-
 @dataclass(eq=False)
 class ReferenceIndex:
     """Training studies to retrieve from. Tensors are converted to the documented dtypes on construction.

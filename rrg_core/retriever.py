@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .reference_index import ReferenceIndex, mean_sentence
+from .reference_index import ReferenceIndex
 
 
 class Retriever(nn.Module):
@@ -51,7 +51,10 @@ class Retriever(nn.Module):
     def reports(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         """What the diagnosis head reads of references [B, k]: one vector per report (the mean of
         its sentence embeddings) [B, k, D] and its label states [B, k, 14]."""
-        return mean_sentence(*self.sentences_of(indices)), self.label_states[indices].long()
+        sentences, mask = self.sentences_of(indices)
+        weights = mask.unsqueeze(-1).to(sentences.dtype)
+        report = (sentences * weights).sum(-2) / weights.sum(-2).clamp_min(1)  # the mean of its sentences
+        return report, self.label_states[indices].long()
 
     def sentences_of(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         """Sentence embeddings [..., S, D] (float32) and their mask [..., S] of the given references."""
