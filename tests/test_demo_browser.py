@@ -128,12 +128,18 @@ def _download_json_until(page, condition, tries: int = 20) -> dict:
 
 
 def test_a_bad_file_shows_its_sentence_and_clears_the_old_report(page, tmp_path):
-    bad = tmp_path / "scan.png"
-    bad.write_text("a text file named like an image")
-    _upload(page, bad)
+    expect(page.locator("#report textarea")).not_to_have_value("")  # the first test's report
+    _upload(page, _text_file(tmp_path))
     expect(page.locator("#xray-info")).to_contain_text("Frontal view: This is a text file, not an image")
     expect(page.locator("#report textarea")).to_have_value("")
-    # Now twice: under the image, and on the upload itself, where Generate's validator puts it.
+
+
+def test_generate_on_a_bad_file_puts_its_sentence_on_the_upload(page, tmp_path):
+    """Generate's validator refuses the file before the queue, with its sentence on the upload itself.
+    In a new tab: on CI, a tab that had drafted reports before twice kept no message there."""
+    page = _fresh(page)
+    _upload(page, _text_file(tmp_path))
+    expect(page.locator("#xray-info")).to_contain_text("Frontal view: This is a text file, not an image")
     on_upload = page.locator("#frontal").get_by_text("Frontal view: This is a text file, not an image")
     for _ in range(3):  # on a loaded machine Gradio's page can drop a click made while the upload's events settle
         page.get_by_role("button", name="Generate report").click()
@@ -146,6 +152,13 @@ def test_a_bad_file_shows_its_sentence_and_clears_the_old_report(page, tmp_path)
     expect(page.locator("#report textarea")).to_have_value("")
     page.wait_for_timeout(1000)  # let the message's fade-in finish for the screenshot
     page.screenshot(path=str(SHOTS / "bad_file.png"))
+    page.close()
+
+
+def _text_file(folder: Path) -> Path:
+    bad = folder / "scan.png"
+    bad.write_text("a text file named like an image")
+    return bad
 
 
 def test_the_dicom_example_from_the_gallery(page):
