@@ -40,7 +40,7 @@ def test_a_model_override_is_merged_into_the_configs_model():
     base = TrainConfig.load("iu-xray-small").model
     cfg = TrainConfig.load("iu-xray-small", model={"lre": {"enabled": False}, "vision": {"image_size": 96}})
     assert cfg.model == {**base, "lre": {"enabled": False}, "vision": {**base["vision"], "image_size": 96}}
-    assert cfg.model["vision"]["n_views"] == 2 and cfg.model["vision"]["feature_pyramid"] is False  # kept
+    assert cfg.model["vision"]["n_views"] == 2 and cfg.model["decoder"] == base["decoder"]  # kept
 
 
 def test_a_run_from_before_the_nested_config_still_loads():
