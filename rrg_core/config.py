@@ -40,12 +40,6 @@ class VisionConfig:
     hidden_sizes: tuple[int, ...] = (64, 128, 256, 512)
     embedding_size: int = 64
     hub_id: str | None = None  # e.g. "microsoft/resnet-101" for the paper preset
-    # Tokens at half the backbone's stride (its last two stages merged, FPN-style): a finer grid
-    # for the heatmaps; a 10 x 10 grid cannot point inside a small finding.
-    feature_pyramid: bool = True
-    # How the deep stage is doubled onto the finer grid: "aligned" keeps every deep token on its
-    # own receptive-field centre; "nearest" (weights trained before it) shifts odd tokens by one.
-    pyramid_upsampling: str = "aligned"
 
 
 @dataclass(frozen=True)
@@ -59,9 +53,6 @@ class TextConfig:
     max_tokens: int = 32  # per prompt or sentence
     max_reference_sentences: int = 12
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    # A learned vector per prompt added to its text embedding (as CoOp's learned context): a text
-    # encoder trained from scratch embeds short prompts almost alike at first.
-    prompt_offsets: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,9 +85,6 @@ class FVTAFConfig:
     sinkhorn_tol: float = 1e-2  # relative error of the patch marginals at which Sinkhorn stops
     consistency_weight: float = 0.5  # beta: weight of the region/global consistency loss
     entity_weight: float = 1.0  # our supervision of the finding-prompt scores (replaces MedKLIP)
-    # "similarity": soft maximum over patches of the MPSA cosine at the Sinkhorn temperature, so
-    # scores and heatmaps read one quantity; "alignment": log-mean-exp of the dot product q.k.
-    entity_pooling: str = "similarity"
     # Weight of the mask-supervised heatmap loss (rrg_core.grounding) for data with finding masks;
     # 0 is the paper's objective, whose maps are emergent.
     grounding_weight: float = 0.0
@@ -107,7 +95,6 @@ class DiagnosisConfig:
     """The diagnosis branch: 14 observations x 4 states from the image and its references."""
 
     cls_weight: float = 4.0
-    reads_entity_scores: bool = True
     label_priors: tuple[tuple[float, ...], ...] | None = None  # [14][4] training-set state frequencies
     decision_adjustment: float = 1.0  # how much of the prior the argmax states keep (DiagnosisHead.decide)
 
@@ -206,6 +193,7 @@ class REVTAFConfig:
             values = data.get(name, {})
             if not isinstance(values, dict):
                 raise ValueError(f"config.json: {name} must be a JSON object, got {reprlib.repr(values)}")
+            values = _without_retired(name, values)
             _check_keys(section, values, f"config.json {name}")
             sections[name] = section(**{k: _frozen(v) for k, v in values.items()})
         try:
@@ -225,6 +213,32 @@ class REVTAFConfig:
         if not isinstance(data, dict):
             raise ValueError(f"model config {path} is not a JSON object")
         return cls.from_dict(data)
+
+
+# ---- retired switches ------------------------------------------------------------------------------
+# Choices that only weights trained on a first recipe needed, now always what is given here: a
+# config.json may still name them with that value (every file written before they were retired
+# does), but another value means weights this rrg_core cannot run.
+RETIRED: dict[str, dict[str, Any]] = {
+    # tokens at half the backbone's stride (its last two stages merged, FPN-style), the deep stage
+    # doubled onto that grid with each deep token on its own receptive-field centre
+    "vision": {"feature_pyramid": True, "pyramid_upsampling": "aligned"},
+    "text": {"prompt_offsets": True},  # a learned vector added to each prompt's text embedding
+    "fvtaf": {"entity_pooling": "similarity"},  # entity scores: soft maximum of the MPSA cosine
+    "diagnosis": {"reads_entity_scores": True},  # the diagnosis head reads the entity scores
+}
+
+
+def _without_retired(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the retired switches, which must hold their one remaining value."""
+    retired = RETIRED.get(section, {})
+    for name, value in values.items():
+        if name in retired and value != retired[name]:
+            raise ValueError(
+                f"config.json: {section}.{name} = {value!r} is a first-recipe choice this rrg_core no longer "
+                f"builds (only {retired[name]!r}): these weights need rrg_core 0.1, or a retrain"
+            )
+    return {k: v for k, v in values.items() if k not in retired}
 
 
 # ---- format 1: one flat object ---------------------------------------------------------------------
@@ -300,8 +314,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
 }
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "vision.n_views": (1, 2), "vision.layer_type": ("basic", "bottleneck"),
-    "vision.pyramid_upsampling": ("aligned", "nearest"), "retrieval.metric": ("hyperbolic", "cosine", "euclidean"),
-    "fvtaf.entity_pooling": ("similarity", "alignment"),
+    "retrieval.metric": ("hyperbolic", "cosine", "euclidean"),
 }
 # (width, heads) pairs: attention splits the width evenly over the heads.
 _DIVISIBLE = (("d_model", "n_heads"), ("text.hidden", "text.heads"), ("decoder.hidden", "decoder.heads"))

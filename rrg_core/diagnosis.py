@@ -20,7 +20,7 @@ class DiagnosisHead(nn.Module):
 
     Each retrieved report is represented by its text embedding plus an embedding of its label
     states, so the memory carries both what the neighbours say and what they were labelled.
-    With ``diagnosis_evidence`` the query also carries the image's entity scores (layer-
+    When the model aligns, the query also carries the image's entity scores (layer-
     normalised): label-supervised per-finding evidence that a mean-pooled vector dilutes.
     """
 
@@ -32,8 +32,8 @@ class DiagnosisHead(nn.Module):
         self.readout = nn.TransformerDecoderLayer(
             d, config.n_heads, dim_feedforward=2 * d, dropout=config.dropout, batch_first=True, norm_first=True
         )
-        self.evidence = None
-        if config.diagnosis.reads_entity_scores and (config.lre.enabled or config.fvtaf.enabled):
+        self.evidence = None  # the entity scores, which exist when the model aligns
+        if config.aligns:
             self.evidence = nn.Sequential(nn.LayerNorm(len(config.text.prompts)), nn.Linear(len(config.text.prompts), d))
         self.classifier = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, N_OBS * N_STATES))
         priors = torch.full((N_OBS, N_STATES), 1.0 / N_STATES)
@@ -50,7 +50,7 @@ class DiagnosisHead(nn.Module):
         self, pooled: Tensor, reference_text: Tensor, reference_states: Tensor, entity_logits: Tensor | None = None
     ) -> Tensor:
         """pooled [B, D]; reference_text [B, k, D]; reference_states [B, k, 14]; entity_logits
-        [B, K] (used with ``diagnosis_evidence``) -> logits [B, 14, 4]."""
+        [B, K] (when the model aligns) -> logits [B, 14, 4]."""
         if self.evidence is not None:
             pooled = pooled + self.evidence(entity_logits)
         offsets = torch.arange(N_OBS, device=reference_states.device) * N_STATES

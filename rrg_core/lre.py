@@ -22,30 +22,26 @@ from .prompts import N_FINDING_PROMPTS
 
 
 class EntityScores(nn.Module):
-    """Region/entity scores from MPSA's patch-prompt scores [B, K, P], one logit per prompt.
+    """Region/entity scores from MPSA's patch-prompt cosines [B, K, P], one logit per prompt.
 
-    ``pooling="similarity"`` (default): the soft maximum over patches of the cosine between
-    patch and prompt, ``t * logsumexp(cos / t) - t * log P`` with ``t`` the Sinkhorn
-    temperature, i.e. the same kernel that builds MPSA's transport plan. A prompt scores high
-    where some patch matches it, and the supervision of that score moves the heatmap to that
-    patch (multiple-instance learning). ``pooling="alignment"``: log-mean-exp of the scaled
-    dot product q.k (the first recipe; it let the dot product and the heatmaps drift apart).
-    The finding prompts' logits are supervised by the labels (see :func:`entity_loss`).
+    The soft maximum over patches of the cosine between patch and prompt,
+    ``t * logsumexp(cos / t) - t * log P`` with ``t`` the Sinkhorn temperature, i.e. the same
+    kernel that builds MPSA's transport plan: scores and heatmaps read one quantity. A prompt
+    scores high where some patch matches it, and the supervision of that score moves the heatmap
+    to that patch (multiple-instance learning). The finding prompts' logits are supervised by the
+    labels (see :func:`entity_loss`).
     """
 
-    def __init__(self, n_prompts: int, pooling: str = "similarity", temperature: float = 0.05) -> None:
+    def __init__(self, n_prompts: int, temperature: float = 0.05) -> None:
         super().__init__()
-        self.pooling, self.temperature = pooling, temperature
+        self.temperature = temperature
         # cosines live in [-1, 1]: start with logits spanning +-10
-        self.scale = nn.Parameter(torch.full((n_prompts,), 10.0 if pooling == "similarity" else 1.0))
+        self.scale = nn.Parameter(torch.full((n_prompts,), 10.0))
         self.bias = nn.Parameter(torch.zeros(n_prompts))
 
     def forward(self, region: MPSAOutput) -> Tensor:
-        if self.pooling == "similarity":
-            t = self.temperature
-            pooled = t * (torch.logsumexp(region.similarity / t, dim=-1) - math.log(region.similarity.shape[-1]))
-        else:
-            pooled = torch.logsumexp(region.alignment, dim=-1) - math.log(region.alignment.shape[-1])
+        t = self.temperature
+        pooled = t * (torch.logsumexp(region.similarity / t, dim=-1) - math.log(region.similarity.shape[-1]))
         return self.scale * pooled + self.bias
 
 

@@ -131,11 +131,11 @@ class REVTAF(
         self.text = TextEncoder(config, tokenizer, part["text"])
         self.fvtaf = FVTAF(config) if config.aligns else None
         self.entity_scores = None
-        if config.aligns:
-            self.entity_scores = EntityScores(len(config.text.prompts), config.fvtaf.entity_pooling,
-                                              config.fvtaf.sinkhorn_epsilon)
         self.prompt_offsets = None
-        if config.aligns and config.text.prompt_offsets:
+        if config.aligns:
+            self.entity_scores = EntityScores(len(config.text.prompts), config.fvtaf.sinkhorn_epsilon)
+            # A learned vector per prompt added to its text embedding (as CoOp's learned context): a
+            # text encoder trained from scratch embeds short prompts almost alike at first.
             self.prompt_offsets = nn.Parameter(torch.randn(len(config.text.prompts), config.d_model))
         self.lre = LearnableRetrievalEnhancer(config) if config.lre.enabled else None
         self.diagnosis = DiagnosisHead(config)
@@ -215,9 +215,7 @@ class REVTAF(
 
     def _memory(self, encoding: Encoding, global_: MPSAOutput | None) -> Tensor:
         parts = [encoding.visual.tokens] if global_ is None else [encoding.region.fused, global_.fused]
-        if self.config.vision.feature_pyramid:
-            parts = [encoding.visual.coarsen(p) for p in parts]
-        return torch.cat(parts, dim=1)
+        return torch.cat([encoding.visual.coarsen(p) for p in parts], dim=1)
 
     def _global(self, encoding: Encoding, top1: Tensor) -> tuple[MPSAOutput, Tensor, Tensor]:
         sentences, mask = self.retriever.sentences_of(top1)

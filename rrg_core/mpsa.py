@@ -25,7 +25,6 @@ class MPSAOutput(NamedTuple):
     fused: Tensor  # [B, P, D] patch tokens enriched with the prompts
     maps: Tensor  # [B, K, P] each prompt's attention over the patches, sums to 1 (0 for masked prompts)
     similarity: Tensor  # [B, K, P] head-averaged cosine of prompt and patch, in [-1, 1]
-    alignment: Tensor  # [B, K, P] head-averaged scaled dot product q.k / sqrt(d_head), unbounded
 
 
 class MultiPromptSinkhornAttention(nn.Module):
@@ -66,7 +65,6 @@ class MultiPromptSinkhornAttention(nn.Module):
         cols = prompt_mask.bool().unsqueeze(1)  # [B, 1, K], broadcast over heads
         q, k, v = self._split(self.q_proj(tokens)), self._split(self.k_proj(prompts)), self._split(self.v_proj(prompts))
         cosine = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)  # [B, H, P, K]
-        scaled = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # softmax scores and the alignment
 
         if self.mode == "sinkhorn":
             plan = log_sinkhorn(1 - cosine, self.epsilon, self.max_iter, self.tol, col_mask=cols).plan
@@ -74,6 +72,7 @@ class MultiPromptSinkhornAttention(nn.Module):
             head_maps = plan * prompt_mask.sum(-1).view(-1, 1, 1, 1)  # each prompt column sums to 1
         else:
             # finfo.min rather than -inf: a sample without any prompt gets zero weights, not NaN
+            scaled = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
             scores = scaled.masked_fill(~cols.unsqueeze(-2), torch.finfo(scaled.dtype).min)
             weights = scores.softmax(-1) * cols.unsqueeze(-2)
             head_maps = weights / weights.sum(-2, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
@@ -81,9 +80,7 @@ class MultiPromptSinkhornAttention(nn.Module):
         attended = (weights.to(v.dtype) @ v).transpose(1, 2).flatten(2)  # [B, P, D]
         fused = self.norm(tokens + self.dropout(self.out_proj(attended)))
         maps = head_maps.mean(1).transpose(-1, -2)
-        similarity = cosine.mean(1).transpose(-1, -2)
-        alignment = scaled.mean(1).transpose(-1, -2)
-        return MPSAOutput(fused, maps, similarity, alignment)
+        return MPSAOutput(fused, maps, cosine.mean(1).transpose(-1, -2))
 
     def _split(self, x: Tensor) -> Tensor:
         """[B, L, D] -> [B, H, L, D / H]."""

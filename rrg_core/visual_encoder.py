@@ -1,7 +1,7 @@
 """Visual encoder: a ResNet (transformers' implementation, so no torchvision) turning one or
 two views of a study into patch tokens for MPSA and a pooled vector for the diagnosis head.
 
-With ``feature_pyramid`` the tokens sit at half the backbone's stride: the last stage,
+The tokens sit at half the backbone's stride (a feature pyramid): the last stage,
 upsampled, plus a projection of the stage before it (an FPN top-down step), so each token
 keeps the deep stage's context and the heatmaps get a grid fine enough for small findings.
 """
@@ -64,26 +64,23 @@ class VisualEncoder(nn.Module):
         self.in_channels = self.backbone.config.num_channels
         width = self.backbone.config.hidden_sizes[-1]
         self.project = nn.Sequential(nn.Linear(width, config.d_model), nn.LayerNorm(config.d_model))
-        self.lateral = None
-        if config.vision.feature_pyramid:
-            if len(self.backbone.config.hidden_sizes) < 2:
-                raise ValueError("feature_pyramid needs a backbone with at least two stages")
-            self.lateral = nn.Linear(self.backbone.config.hidden_sizes[-2], config.d_model)
+        if len(self.backbone.config.hidden_sizes) < 2:
+            raise ValueError("the feature pyramid needs a backbone with at least two stages")
+        self.lateral = nn.Linear(self.backbone.config.hidden_sizes[-2], config.d_model)
         # Which view a token came from (frontal/lateral), added after projection.
         self.view_embedding = nn.Parameter(torch.zeros(config.vision.n_views, config.d_model))
         # A learned 2-D position code on the token grid helps the decoder say "left"/"right".
         side = config.vision.image_size // self.stride
         self.position_embedding = nn.Parameter(torch.zeros(side * side, config.d_model))
         nn.init.normal_(self.position_embedding, std=0.02)
-        self.pyramid_upsampling = config.vision.pyramid_upsampling
         self.n_views = config.vision.n_views
         self.image_size = config.vision.image_size
 
     @property
     def stride(self) -> int:
-        # stem: conv stride 2 + max-pool stride 2; every stage after the first halves again
-        deepest = 4 * 2 ** (len(self.backbone.config.hidden_sizes) - 1)
-        return deepest // 2 if self.lateral is not None else deepest
+        # stem: conv stride 2 + max-pool stride 2; every stage after the first halves again; the
+        # pyramid's tokens sit at half the deepest stage's stride
+        return 2 * 2 ** (len(self.backbone.config.hidden_sizes) - 1)
 
     def forward(self, images: Tensor) -> VisualFeatures:
         """images: [B, V, 1, H, W], normalised (see :func:`rrg_core.preprocessing.prepare_image`)."""
@@ -94,17 +91,12 @@ class VisualEncoder(nn.Module):
         flat = images.reshape(b * v, 1, h, w)
         if self.in_channels != 1:
             flat = flat.expand(-1, self.in_channels, -1, -1)
-        features = self.backbone(flat, output_hidden_states=self.lateral is not None)
+        features = self.backbone(flat, output_hidden_states=True)
         linear, norm = self.project
-        tokens = linear(features.last_hidden_state.permute(0, 2, 3, 1))  # [B*V, h', w', D]
-        if self.lateral is not None:
-            finer = features.hidden_states[-2]  # the stage before the last, twice the resolution
-            deep = tokens.permute(0, 3, 1, 2)
-            if self.pyramid_upsampling == "aligned":
-                upsampled = upsample_on_lattice(deep, finer.shape[-2:])
-            else:
-                upsampled = F.interpolate(deep, size=finer.shape[-2:], mode="nearest")
-            tokens = upsampled.permute(0, 2, 3, 1) + self.lateral(finer.permute(0, 2, 3, 1))
+        deep = linear(features.last_hidden_state.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # [B*V, D, h, w]
+        finer = features.hidden_states[-2]  # the stage before the last, twice the resolution
+        upsampled = upsample_on_lattice(deep, finer.shape[-2:])
+        tokens = upsampled.permute(0, 2, 3, 1) + self.lateral(finer.permute(0, 2, 3, 1))
         gh, gw = tokens.shape[1:3]
         tokens = norm(tokens.flatten(1, 2))  # [B*V, h'w', D]
         tokens = (tokens + self.position_embedding).reshape(b, v, gh * gw, -1) + self.view_embedding[None, :, None, :]

@@ -235,9 +235,9 @@ def test_a_corrupt_header_is_refused_with_one_sentence(tmp_path, corrupt, reason
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"lre": {"enabled": False}}, {"fvtaf": {"enabled": False}, "vision": {"feature_pyramid": False}},
+    [{}, {"lre": {"enabled": False}}, {"fvtaf": {"enabled": False}}, {"lre": {"enabled": False}, "fvtaf": {"enabled": False}},
      {"vision": {"n_views": 2, "depths": [2, 1, 3]}, "d_model": 48, "decoder": {"hidden": 40, "layers": 2},
-      "text": {"hidden": 24, "layers": 3, "max_tokens": 20, "prompt_offsets": False}}],
+      "text": {"hidden": 24, "layers": 3, "max_tokens": 20}}],
 )
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_what_config_json_implies_is_the_models(preset, overrides):
@@ -249,7 +249,7 @@ def test_what_config_json_implies_is_the_models(preset, overrides):
         state = REVTAF(config, tokenizer).state_dict()
     implied = checkpoint.implied_shapes(config)
     absent = {"lre.encoder.fc2.weight"} if not config.lre.enabled else set()
-    absent |= {"prompt_offsets"} if not config.text.prompt_offsets else set()
+    absent |= {"prompt_offsets"} if not config.aligns else set()
     assert set(implied) - set(state) == absent
     assert {k: tuple(state[k].shape) for k in implied if k in state} == {k: v for k, v in implied.items() if k in state}
     counts = checkpoint.implied_counts(config)
