@@ -6,8 +6,8 @@ every beam during evaluation. It follows the logic of the CheXpert labeler
 (Irvin et al. 2019, a NegBio-style pipeline): find mentions of each observation,
 classify each mention as uncertain / negative / positive, aggregate per report.
 Instead of dependency parses, negation and hedges reach a mention through a clause
-(stopped by "but", "however", "although", ..., and by a comma before a grade: "no
-pneumothorax, mild cardiomegaly"), and predicates after a mention
+(stopped by "but", "however", "although", ..., and by a comma before a grade or a side:
+"no pneumothorax, mild cardiomegaly"), and predicates after a mention
 ("... are within normal limits", "... cannot be excluded") reach back over the
 coordinated subject it belongs to ("the heart size and pulmonary vascularity").
 
@@ -26,22 +26,23 @@ Conventions, where CheXpert leaves a choice or is known to err:
   "or"/"versus" are uncertain, and so is "likely" (CheXpert: positive); on IU X-Ray that word
   is masked as "XXXX" ("opacities, XXXX subsegmental atelectasis"), read as such where
   "likely" is the reading.
-* Calcified nodules and granulomas are not Lung Lesion (as CheXpert: healed, benign);
-  interstitial markings and scarring are Lung Opacity (as CheXpert).
-* Support Devices also counts surgical clips, stents and sternotomy wires (CheXpert
-  does not).
-* No Finding is 1 only when no pathology is positive or uncertain and no other
-  abnormality (emphysema, hernia, granuloma, scoliosis, degenerative change, ...;
-  CheXpert's list) is reported; otherwise it is left blank, as in CheXpert's aggregation
-  (which counts its No Finding mention list among the findings). Support Devices and what is
-  not on that list (a tortuous aorta, a spinal stimulator) leave it 1.
+* Granulomas and calcified nodules are Lung Lesion: focal lesions, if benign ones (the
+  CheXpert labeler leaves them unmentioned). Interstitial markings and scarring are Lung
+  Opacity (as CheXpert).
+* Support Devices also counts surgical clips, stents, sternotomy wires and stimulators
+  (CheXpert does not).
+* No Finding is 1 when none of the 12 pathologies is positive or uncertain, the CheXpert
+  paper's definition: Support Devices (as the CheXpert labeler) and anything outside the 12
+  (degenerative change, a tortuous aorta, emphysema, a hernia) leave it 1. The CheXpert
+  labeler's code also counts a list of its own (degenerative change, calcification, granuloma,
+  scoliosis, ...) against No Finding; this labeler does not.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from .observations import OBSERVATIONS
+from .observations import OBSERVATIONS, PATHOLOGIES
 from .report_text import split_sentences
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
@@ -54,9 +55,9 @@ def _rx(pattern: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class _Concept:
-    """One kind of mention. ``observation`` None: an abnormality that only rules out No Finding."""
+    """One kind of mention of an observation."""
 
-    observation: str | None
+    observation: str
     mention: re.Pattern[str]
     exclude: re.Pattern[str] | None = None
     # Heart and mediastinum: the mention needs a size statement (_SIZE_ABNORMAL or a negation) to count.
@@ -98,10 +99,11 @@ _CONCEPTS: tuple[_Concept, ...] = (
     ),
     _Concept(
         "Lung Lesion",
+        # A granuloma, calcified or not, is a (benign) lung lesion; "granulomatous disease" names a cause.
         _rx(r"""\bnodul\w* | \bmass(?:es|-?like)?\b | \blesions?\b | \btumou?rs?\b | \bneoplas\w* | \bcarcinoma\w*
-                | \bmalignan\w* | \bmetasta\w*"""),
+                | \bmalignan\w* | \bmetasta\w* | \bgranulom(?:a|as|ata)\b"""),
         exclude=_rx(r"""\b(?:bony|bone|osseous|lytic|sclerotic|blastic|skin|cutaneous|soft\ tissue|breast|nipple)
-                        \ (?:lesions?|mass(?:es)?|nodul\w*) | (?<!non)(?<!non-)(?<!un)calcified\ nodul\w*"""),
+                        \ (?:lesions?|mass(?:es)?|nodul\w*) | \b(?:splenic|hepatic)\ (?:\w+\ )?granulom\w*"""),
     ),
     _Concept("Edema", _rx(r"\bedema\b | \bedematous | \bcephalization | \bkerley")),
     _Concept(
@@ -138,18 +140,9 @@ _CONCEPTS: tuple[_Concept, ...] = (
     _Concept(
         "Support Devices",
         _rx(r"""\b(?:tubes?|lines?|catheters?|pacemakers?|pacers?|picc|ports?|port-a-cath|stents?|devices?|hardware
-                |defibrillators?|aicd|icd|drains?|coils?|leads?|electrodes?|clips?|prosthe\w*|wires?)\b
+                |defibrillators?|aicd|icd|drains?|coils?|leads?|electrodes?|clips?|prosthe\w*|wires?|stimulators?)\b
                 | \bsternotomy\ (?:wires?|sutures?|xxxx) | \bvalve\ (?:replacement|prosthesis)"""),
         exclude=_rx(r"""\b(?:pleural|septal|kerley|b|azygos|fissural|skin|reticular)\ lines? | \bline\ of\b"""),
-    ),
-    _Concept(
-        None,
-        _rx(r"""\bemphysema\w* | \bhyperinfla\w* | \bhyperexpansion | \bhernia\w* | \bgranuloma\w* | \bcalcifi\w*
-                | \bdegenerat\w* | \bscoliosis | \bkyphosis | \bosteophytosis | \bosteopenia | \batheroscler\w*
-                | \bcopd\b | \bbullae?\b | \beventration | \belevat\w* | \bthickening | \bplaques?\b | \bdeformit\w*
-                | \bhematoma | \bhemorrhage | \baspiration | \bcontusion | \bpneumomediastinum | \bpneumoperitoneum
-                | \bbronchi(?:tis|olitis|ectasis) | \basthma | \bairways?\ disease | \bvolume\ loss | \bprominen\w*
-                | \bcuffing | \bmetasta\w*"""),
     ),
 )
 
@@ -159,12 +152,14 @@ _CLAUSE_BREAK = _rx(r"""\b(?:but|however|although|though|except|aside\ from|apar
 # Within a clause, a phrase also ends at a comma ("normal heart size, small effusion"),
 # unless the comma is part of a list closed by and/or ("normal heart size, mediastinal and aortic contours").
 _PHRASE_BREAK = _rx(r",(?!.*\b(?:and|or)\b)")
-# A comma before a grade starts a new statement that "no" and hedges before it do not reach
-# ("no pneumothorax, mild cardiomegaly"), unless an "or" closes a negated list after it
-# ("no focal consolidation, large pleural effusion, or pneumothorax"). Not before "stable":
-# "heart size within normal limits, stable mediastinal contours" is one statement.
+# A comma before a grade or a side starts a new statement that "no" and hedges before it do not
+# reach ("no pneumothorax, mild cardiomegaly", "no effusion, left basilar atelectasis"), unless an
+# "or" closes a negated list after it ("no focal consolidation, large pleural effusion, or
+# pneumothorax"). Not before "stable": "heart size within normal limits, stable mediastinal
+# contours" is one statement.
 _STATEMENT_BREAK = _rx(r""",(?=\ *(?:mild|moderate|severe|small|large|minimal|trace|tiny|marked|slight|extensive
-                                     |borderline|healed|old)\w*\b)(?!.*\b(?:or|nor)\b)""")
+                                     |borderline|healed|old|left|right|bilateral|bibasilar)\w*\b)
+                          (?!.*\b(?:or|nor)\b)""")
 
 _EXCLUDE = r"(?:exclude[sd]?|rule[sd]?\ out|ruled\ out)"
 # Linking verbs and the adverbs that may stand between a subject and its predicate.
@@ -188,8 +183,9 @@ _NEGATION_BEFORE = _rx(r"""\b(?:no|without)\b(?!\ (?:\w+\ )?(?:change|progressio
                            | \bnot\b | \bnor\b | \bneither\b | \bfree\ of
                            | \bclear(?:ing)?\ of | \bnegative\ for | \babsence\ of | \bresolution\ of | \bresolved\b
                            | \bremoval\ of | \bremoved\b | \bhistory\ of | \brather\ than | \bexclude[sd]?\b""")
-# ... but "normal" only reaches over its own phrase ("normal heart size and mediastinal contours").
-_NEGATION_BEFORE_IN_PHRASE = _rx(r"\bnormal\b | \bunremarkable\b | \bclear\b")
+# ... but "normal" only reaches over its own phrase ("normal heart size and mediastinal contours"),
+# and "clear with" names what is there ("the lungs are clear with scattered granulomas").
+_NEGATION_BEFORE_IN_PHRASE = _rx(r"\bnormal\b | \bunremarkable\b | \bclear\b(?!\ with\b)")
 _NORMAL = r"""(?:normal|unremarkable|negative|absent|clear|(?:top|upper|high)[ -](?:limits?\ )?(?:of\ )?normal)\b"""
 _NEGATION_AFTER = _rx(rf"""(?:{_COPULA})?(?:not|no\ longer)\ (?:\w+ly\ )?(?:seen|identified|visualized|demonstrated
                                                                  |present|evident|appreciated|noted|detected|apparent
@@ -207,9 +203,10 @@ _HEDGE_BEFORE = _rx(r"""\bpossibl[ey]\b | \bprobabl[ey]\b | \b(?:un)?likely\b | 
                         | \bpotential\w* | \buncertain\b""")
 # IU X-Ray's de-identification masked every "likely" as "XXXX" (the word never occurs there):
 # "opacities in the lung bases, XXXX subsegmental atelectasis", "XXXX representing atelectasis".
-# Only where "likely" is the reading; "XXXX atelectasis" alone stays what it says.
+# It masked "linear" too (never there either), so a sentence's "XXXX atelectasis" or "mild,
+# XXXX opacity" stays what it says; before "subsegmental" (always after an opacity) it is "likely".
 _MASKED_LIKELY = _rx(r"""(?<!mild)(?<!minimal),\ *xxxx\ (?:\w+\ ){0,2}$ | \bxxxx\ (?:to\ )?(?:represent|reflect)\w*
-                         | \bmost\ xxxx\b""")
+                         | \bmost\ xxxx\b | \bxxxx\ subsegmental\ $""")
 # "or" hedges only the phrase it joins: "atelectasis or pneumonia".
 _HEDGE_BEFORE_IN_PHRASE = _rx(r"\bor\b")
 _HEDGE_AFTER = _rx(rf"""{_COPULA}(?:\w+ly\ )?(?:possible|likely|suspected|questioned|probable|favou?red|considered
@@ -298,7 +295,7 @@ def label_report(text: str) -> dict[str, int | None]:
 
     Keys are the 14 observations in ``OBSERVATIONS`` order.
     """
-    found: dict[str | None, list[int]] = {}
+    found: dict[str, list[int]] = {}
     for sentence in split_sentences(text.lower()):
         for concept in _CONCEPTS:
             excluded = [m.span() for m in concept.exclude.finditer(sentence)] if concept.exclude else []
@@ -311,10 +308,7 @@ def label_report(text: str) -> dict[str, int | None]:
 
     labels: dict[str, int | None] = {name: None for name in OBSERVATIONS}
     for name, values in found.items():
-        if name is not None:
-            labels[name] = _aggregate(values)
-    abnormal = any(
-        _aggregate(values) != NEGATIVE for name, values in found.items() if name != "Support Devices"
-    )
+        labels[name] = _aggregate(values)
+    abnormal = any(labels[name] in (POSITIVE, UNCERTAIN) for name in PATHOLOGIES)
     labels["No Finding"] = None if abnormal else POSITIVE
     return labels

@@ -84,6 +84,15 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("No pneumothorax. Small right pleural effusion.", {"Pneumothorax": 0, "Pleural Effusion": 1}),
     # ... and by a comma before a grade, unless an "or" closes a negated list after it
     ("No pneumothorax, mild cardiomegaly.", {"Pneumothorax": 0, "Cardiomegaly": 1}),
+    ("No pleural effusion, left basilar atelectasis.", {"Pleural Effusion": 0, "Atelectasis": 1}),
+    (
+        "No pneumothorax, effusion or consolidation.",
+        {"Pneumothorax": 0, "Pleural Effusion": 0, "Consolidation": 0, "No Finding": 1},
+    ),
+    (
+        "No pneumothorax, right effusion, or consolidation.",
+        {"Pneumothorax": 0, "Pleural Effusion": 0, "Consolidation": 0, "No Finding": 1},
+    ),
     ("No acute fracture, healed left rib fractures.", {"Fracture": 1}),
     ("Possible pneumonia, small right effusion.", {"Pneumonia": -1, "Pleural Effusion": 1}),
     (
@@ -123,6 +132,7 @@ CASES: list[tuple[str, dict[str, int]]] = [
         "There is minimal patchy atelectasis or early infiltrate in left lung base.",
         {"Atelectasis": -1, "Lung Opacity": -1},
     ),
+    ("Right basilar atelectasis or early infiltrate.", {"Atelectasis": -1, "Lung Opacity": -1}),
     # "XXXX" is IU X-Ray's mask of "likely", a hedge, where "likely" is the reading ...
     (
         "Minimal streaky opacities in the lung bases, XXXX subsegmental atelectasis.",
@@ -130,7 +140,10 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ),
     ("Bibasilar opacities XXXX representing atelectasis.", {"Lung Opacity": 1, "Atelectasis": -1}),
     ("Left upper lobe airspace disease most XXXX pneumonia.", {"Lung Opacity": 1, "Pneumonia": -1}),
-    # ... and only there
+    # ... and before "subsegmental", with or without the comma
+    ("Hazy opacity at the right base XXXX subsegmental atelectasis.", {"Lung Opacity": 1, "Atelectasis": -1}),
+    ("XXXX subsegmental atelectasis.", {"Atelectasis": -1}),
+    # ... and only there ("linear" is masked too)
     ("XXXX atelectasis in the right lung base.", {"Atelectasis": 1}),
     ("There is mild, XXXX opacity over the left lung base.", {"Lung Opacity": 1}),
     ("Mild pulmonary vascular congestion.", {"Edema": -1}),
@@ -146,25 +159,35 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("Moderate right-sided pleural effusion, small on the left.", {"Pleural Effusion": 1}),
     # exclusions
     ("There may be a pericardial effusion.", {"No Finding": 1}),
-    # granulomas and calcified nodules are no Lung Lesion (CheXpert), but rule out No Finding
-    ("Calcified granuloma in the right upper lobe.", {}),
-    ("There are calcified granulomas.", {}),
-    ("Scattered calcified nodules.", {}),
+    # granulomas and calcified nodules are Lung Lesion (the CheXpert labeler leaves them blank)
+    ("Calcified granuloma in the right upper lobe.", {"Lung Lesion": 1}),
+    ("There are calcified granulomas.", {"Lung Lesion": 1}),
+    ("Several granulomata in both upper lobes.", {"Lung Lesion": 1}),
+    ("The lungs are clear with a few scattered granulomas.", {"Lung Lesion": 1}),
+    ("Scattered calcified nodules.", {"Lung Lesion": 1}),
+    ("No pulmonary nodules or granulomas.", {"Lung Lesion": 0, "No Finding": 1}),
     ("No non-calcified nodules.", {"Lung Lesion": 0, "No Finding": 1}),
+    # ... but a granulomatous cause and granulomas outside the lungs are not
+    ("Sequela of old granulomatous disease.", {"No Finding": 1}),
+    ("Calcified splenic granulomas.", {"No Finding": 1}),
     ("There is a 9 mm right lower lobe pulmonary nodule.", {"Lung Lesion": 1}),
     ("There is no pleural line to suggest pneumothorax.", {"Pneumothorax": 0, "No Finding": 1}),
     ("Mild blunting of the left costophrenic angle.", {"Pleural Effusion": -1}),
     ("Biapical pleural thickening.", {"Pleural Other": 1}),
-    # other abnormalities on CheXpert's No Finding list block No Finding without a label of their
-    # own (the shipped CheXpert labels: all 258 otherwise normal IU reports with "degenerative")
-    ("Degenerative changes of the thoracic spine. No acute bony abnormality.", {}),
-    ("A large hiatal hernia is noted. Lungs are clear.", {}),
-    # ... findings off that list do not, nor do devices
+    # No Finding looks at the 12 pathologies only: findings outside them and devices leave it 1
+    ("Degenerative changes of the thoracic spine. No acute bony abnormality.", {"No Finding": 1}),
+    ("A large hiatal hernia is noted. Lungs are clear.", {"No Finding": 1}),
+    ("Hyperexpanded lungs in keeping with emphysema. No focal opacity.", {"Lung Opacity": 0, "No Finding": 1}),
+    (
+        "Normal heart size. Clear lungs. Mild degenerative change of the thoracic spine.",
+        {"Cardiomegaly": 0, "No Finding": 1},
+    ),
     ("Heart size is normal. The aorta is tortuous. Lungs are clear.", {"Cardiomegaly": 0, "No Finding": 1}),
     (
         "Spinal stimulator leads overlie the thoracic spine. Lungs are clear.",
         {"Support Devices": 1, "No Finding": 1},
     ),
+    ("A spinal cord stimulator is in place. The lungs are clear.", {"Support Devices": 1, "No Finding": 1}),
     # fractures and devices
     ("Healed right rib fracture.", {"Fracture": 1}),
     ("No acute fracture. Old healed left rib fractures.", {"Fracture": 1}),
@@ -236,22 +259,26 @@ def test_thousands_of_reports_per_second() -> None:
 
 @pytest.mark.real_data
 def test_agreement_with_chexpert_labeler_on_iu_xray(iu_xray_root: Path) -> None:
-    """Regression guard. Measured (2,947 reports, docs/labeler.md): micro-F1 on positives 0.820,
-    4-state accuracy 0.961, Lung Opacity F1 0.937, Pleural Effusion F1 0.889. The reference has
-    systematic errors, so these are floors against regressions, not targets."""
+    """Regression guard. Measured (2,947 reports, docs/labeler.md): micro-F1 on positives 0.733,
+    4-state accuracy 0.945, Lung Opacity F1 0.937, Pleural Effusion F1 0.889, recall of CheXpert's
+    Lung Lesion 0.911 and No Finding 0.994. The reference has systematic errors, and our Lung Lesion
+    and No Finding conventions differ from it on purpose (granulomas; findings outside the 12
+    pathologies), so these are floors against regressions, not targets."""
     from train.labeler_agreement import agreement, labelled_reports
 
     pairs = labelled_reports(iu_xray_root)
     result = agreement([labels for _, labels in pairs], [label_report(report) for report, _ in pairs])
     assert result["n_reports"] == 2947
-    assert result["micro"]["f1"] > 0.81
-    assert result["overall_accuracy"] > 0.955
+    assert result["micro"]["f1"] > 0.72
+    assert result["overall_accuracy"] > 0.94
     assert result["per_class"]["Lung Opacity"]["f1"] > 0.92
     assert result["per_class"]["Pleural Effusion"]["f1"] > 0.87
+    assert result["per_class"]["Lung Lesion"]["recall"] > 0.89
+    assert result["per_class"]["No Finding"]["recall"] > 0.98
 
 
 def test_agreement_script_on_a_tiny_annotation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The measurement CLI end to end: table, disagreements and --out, on two made-up studies."""
+    """The measurement CLI end to end: one split, table, disagreements and --out, on made-up studies."""
     from train.labeler_agreement import main
 
     nothing = {name: None for name in OBSERVATIONS}
@@ -261,15 +288,26 @@ def test_agreement_script_on_a_tiny_annotation(tmp_path: Path, capsys: pytest.Ca
         ("The heart size and pulmonary vascularity appear within normal limits.", {**nothing, "Cardiomegaly": 1}),
         ("Report without labels.", None),
     ]
-    annotation = {"test": [{"id": str(i), "report": r, "labels": labels} for i, (r, labels) in enumerate(studies)]}
+    annotation = {
+        "test": [{"id": str(i), "report": r, "labels": labels} for i, (r, labels) in enumerate(studies)],
+        "train": [{"id": "t", "report": "Small left pleural effusion.", "labels": {**nothing, "Pleural Effusion": 1}}],
+    }
     (tmp_path / "annotation.json").write_text(json.dumps(annotation))
     out = tmp_path / "agreement.md"
 
-    main(["--data", str(tmp_path), "--out", str(out), "--disagreements", "5"])
+    main(["--data", str(tmp_path), "--split", "test", "--out", str(out), "--disagreements", "5"])
 
     printed = capsys.readouterr().out
     assert "on 2 IU X-Ray reports" in printed
-    assert "| Cardiomegaly | 2 | 1.000 | 0.500 | 0.667 | 0.500 |" in printed
+    assert "| Cardiomegaly | 2 | 1 | 1.000 | 0.500 | 0.667 | 0.500 |" in printed  # positives: CheXpert 2, ours 1
     assert "2 disagreements in 1 reports" in printed  # Cardiomegaly 0 vs 1, No Finding 1 vs None
     assert "- **No Finding**: ours 1, CheXpert None: The heart size and pulmonary vascularity" in printed
     assert out.read_text() == printed
+
+
+def test_agreement_script_names_a_missing_split(tmp_path: Path) -> None:
+    from train.labeler_agreement import labelled_reports
+
+    (tmp_path / "annotation.json").write_text(json.dumps({"train": [], "test": []}))
+    with pytest.raises(ValueError, match="no split 'valid' .* it has train, test"):
+        labelled_reports(tmp_path, "valid")
