@@ -192,7 +192,7 @@ _NEGATION_AFTER = _rx(rf"""(?:{_COPULA})?(?:not|no\ longer)\ (?:\w+ly\ )?(?:seen
                                                                  |visible|enlarged|widened|increased)
                           | (?:has|have)\ (?:\w+ly\ )?(?:resolved|cleared|been\ removed) | \bresolved\b | \bremoved\b
                           | (?:{_COPULA})?{_ADVERBS}within\ (?:the\ )?(?:normal|limits\ of\ normal)
-                          | {_COPULA}{_ADVERBS}{_NORMAL}
+                          | {_COPULA}{_ADVERBS}{_NORMAL}(?!\ or\b)
                           # without a verb "normal" must end the phrase: "heart size normal", not "... and normal lungs"
                           | {_ADVERBS}{_NORMAL}(?=\ *(?:$|[,;]|\b(?:and|in|for|with|without|size|limits)\b))""")
 _HEDGE_BEFORE = _rx(r"""\bpossibl[ey]\b | \bprobabl[ey]\b | \b(?:un)?likely\b | \bpresum\w* | \bsuspect\w*
@@ -213,7 +213,9 @@ _HEDGE_AFTER = _rx(rf"""{_COPULA}(?:\w+ly\ )?(?:possible|likely|suspected|questi
                                               |uncertain|equivocal|questionable|borderline)
                        | (?:may|might|could|can)\ (?:also\ )?be\ (?:present|seen|noted|identified)
                        # "the heart may be mildly enlarged", "heart size is possibly enlarged"
-                       | (?:may|might|could)\ (?:also\ )?be\b | (?:{_COPULA})?(?:possibly|probably|questionably)\b""")
+                       | (?:may|might|could)\ (?:also\ )?be\b | (?:{_COPULA})?(?:possibly|probably|questionably)\b
+                       # "heart size is upper limits normal or mildly enlarged"
+                       | {_COPULA}{_ADVERBS}{_NORMAL}\ or\b""")
 _ALTERNATIVE_AFTER = _rx(r"^\ ?(?:\w+\ )?(?:and/)?(?:or|versus|vs)\b")
 # A subject between a mention and its predicate holds no predicate of its own and no new
 # clause: "the heart size and pulmonary vascularity appear ..." but not

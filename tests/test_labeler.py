@@ -54,6 +54,7 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("The mediastinum may be widened.", {"Enlarged Cardiomediastinum": -1}),
     ("Heart size is possibly enlarged.", {"Cardiomegaly": -1}),
     ("Heart size is borderline.", {"Cardiomegaly": -1}),
+    ("Heart size is at the upper limits of normal or mildly enlarged.", {"Cardiomegaly": -1}),
     # negation scope over a coordinated list
     ("No pneumothorax or pleural effusion.", {"Pneumothorax": 0, "Pleural Effusion": 0, "No Finding": 1}),
     (
