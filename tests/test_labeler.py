@@ -45,7 +45,7 @@ CASES: list[tuple[str, dict[str, int]]] = [
     # heart and mediastinum mentions need a size statement
     ("The heart and lungs have XXXX XXXX in the interval.", {"No Finding": 1}),
     ("Stable cardiomediastinal silhouette.", {"No Finding": 1}),
-    ("There is a stable closure device projected over the heart.", {"Support Devices": 1, "No Finding": 1}),
+    ("A closure device is projected over the heart.", {"Support Devices": 1, "No Finding": 1}),
     ("Widened mediastinum.", {"Enlarged Cardiomediastinum": 1}),
     ("The cardiac silhouette is mildly enlarged.", {"Cardiomegaly": 1}),
     ("Borderline cardiomegaly.", {"Cardiomegaly": -1}),
@@ -130,13 +130,13 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("Atelectasis versus pneumonia in the left base.", {"Atelectasis": -1, "Pneumonia": -1}),
     ("Bibasilar atelectasis or consolidation.", {"Atelectasis": -1, "Consolidation": -1}),
     (
-        "There is minimal patchy atelectasis or early infiltrate in left lung base.",
+        "Minimal patchy atelectasis or early infiltrate at the right base.",
         {"Atelectasis": -1, "Lung Opacity": -1},
     ),
     ("Right basilar atelectasis or early infiltrate.", {"Atelectasis": -1, "Lung Opacity": -1}),
     # "XXXX" is IU X-Ray's mask of "likely", a hedge, where "likely" is the reading ...
     (
-        "Minimal streaky opacities in the lung bases, XXXX subsegmental atelectasis.",
+        "Faint streaky opacities at both bases, XXXX subsegmental atelectasis.",
         {"Lung Opacity": 1, "Atelectasis": -1},
     ),
     ("Bibasilar opacities XXXX representing atelectasis.", {"Lung Opacity": 1, "Atelectasis": -1}),
@@ -180,7 +180,7 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("A large hiatal hernia is noted. Lungs are clear.", {"No Finding": 1}),
     ("Hyperexpanded lungs in keeping with emphysema. No focal opacity.", {"Lung Opacity": 0, "No Finding": 1}),
     (
-        "Normal heart size. Clear lungs. Mild degenerative change of the thoracic spine.",
+        "Normal heart size. Clear lungs. Mild degenerative change in the thoracic spine.",
         {"Cardiomegaly": 0, "No Finding": 1},
     ),
     ("Heart size is normal. The aorta is tortuous. Lungs are clear.", {"Cardiomegaly": 0, "No Finding": 1}),
