@@ -26,23 +26,23 @@ Conventions, where CheXpert leaves a choice or is known to err:
   "or"/"versus" are uncertain, and so is "likely" (CheXpert: positive); on IU X-Ray that word
   is masked as "XXXX" ("opacities, XXXX subsegmental atelectasis"), read as such where
   "likely" is the reading.
-* Granulomas and calcified nodules are Lung Lesion: focal lesions, if benign ones (the
-  CheXpert labeler leaves them unmentioned). Interstitial markings and scarring are Lung
-  Opacity (as CheXpert).
-* Support Devices also counts surgical clips, stents, sternotomy wires and stimulators
-  (CheXpert does not).
-* No Finding is 1 when none of the 12 pathologies is positive or uncertain, the CheXpert
-  paper's definition: Support Devices (as the CheXpert labeler) and anything outside the 12
-  (degenerative change, a tortuous aorta, emphysema, a hernia) leave it 1. The CheXpert
-  labeler's code also counts a list of its own (degenerative change, calcification, granuloma,
-  scoliosis, ...) against No Finding; this labeler does not.
+* Calcified nodules and granulomas are not Lung Lesion (as CheXpert: healed, benign;
+  phrases/mention/lung_lesion.txt and phrases/unmention/lung_lesion.txt in its repository);
+  interstitial markings and scarring are Lung Opacity (as CheXpert).
+* Support Devices also counts surgical clips, stents and sternotomy wires (CheXpert
+  does not).
+* No Finding is 1 only when no pathology is positive or uncertain and no other
+  abnormality (emphysema, hernia, granuloma, scoliosis, degenerative change, ...;
+  CheXpert's phrases/mention/no_finding.txt) is reported; otherwise it is left blank, as in
+  CheXpert's stages/aggregate.py (which counts that list among the findings). Support
+  Devices and what is not on that list (a tortuous aorta, a spinal stimulator) leave it 1.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from .observations import OBSERVATIONS, PATHOLOGIES
+from .observations import OBSERVATIONS
 from .report_text import split_sentences
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
@@ -55,9 +55,9 @@ def _rx(pattern: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class _Concept:
-    """One kind of mention of an observation."""
+    """One kind of mention. ``observation`` None: an abnormality that only rules out No Finding."""
 
-    observation: str
+    observation: str | None
     mention: re.Pattern[str]
     exclude: re.Pattern[str] | None = None
     # Heart and mediastinum: the mention needs a size statement (_SIZE_ABNORMAL or a negation) to count.
@@ -99,11 +99,10 @@ _CONCEPTS: tuple[_Concept, ...] = (
     ),
     _Concept(
         "Lung Lesion",
-        # A granuloma, calcified or not, is a (benign) lung lesion; "granulomatous disease" names a cause.
         _rx(r"""\bnodul\w* | \bmass(?:es|-?like)?\b | \blesions?\b | \btumou?rs?\b | \bneoplas\w* | \bcarcinoma\w*
-                | \bmalignan\w* | \bmetasta\w* | \bgranulom(?:a|as|ata)\b"""),
+                | \bmalignan\w* | \bmetasta\w*"""),
         exclude=_rx(r"""\b(?:bony|bone|osseous|lytic|sclerotic|blastic|skin|cutaneous|soft\ tissue|breast|nipple)
-                        \ (?:lesions?|mass(?:es)?|nodul\w*) | \b(?:splenic|hepatic)\ (?:\w+\ )?granulom\w*"""),
+                        \ (?:lesions?|mass(?:es)?|nodul\w*) | (?<!non)(?<!non-)(?<!un)calcified\ nodul\w*"""),
     ),
     _Concept("Edema", _rx(r"\bedema\b | \bedematous | \bcephalization | \bkerley")),
     _Concept(
@@ -140,9 +139,18 @@ _CONCEPTS: tuple[_Concept, ...] = (
     _Concept(
         "Support Devices",
         _rx(r"""\b(?:tubes?|lines?|catheters?|pacemakers?|pacers?|picc|ports?|port-a-cath|stents?|devices?|hardware
-                |defibrillators?|aicd|icd|drains?|coils?|leads?|electrodes?|clips?|prosthe\w*|wires?|stimulators?)\b
+                |defibrillators?|aicd|icd|drains?|coils?|leads?|electrodes?|clips?|prosthe\w*|wires?)\b
                 | \bsternotomy\ (?:wires?|sutures?|xxxx) | \bvalve\ (?:replacement|prosthesis)"""),
         exclude=_rx(r"""\b(?:pleural|septal|kerley|b|azygos|fissural|skin|reticular)\ lines? | \bline\ of\b"""),
+    ),
+    _Concept(
+        None,
+        _rx(r"""\bemphysema\w* | \bhyperinfla\w* | \bhyperexpansion | \bhernia\w* | \bgranuloma\w* | \bcalcifi\w*
+                | \bdegenerat\w* | \bscoliosis | \bkyphosis | \bosteophytosis | \bosteopenia | \batheroscler\w*
+                | \bcopd\b | \bbullae?\b | \beventration | \belevat\w* | \bthickening | \bplaques?\b | \bdeformit\w*
+                | \bhematoma | \bhemorrhage | \baspiration | \bcontusion | \bpneumomediastinum | \bpneumoperitoneum
+                | \bbronchi(?:tis|olitis|ectasis) | \basthma | \bairways?\ disease | \bvolume\ loss | \bprominen\w*
+                | \bcuffing | \bmetasta\w*"""),
     ),
 )
 
@@ -184,7 +192,7 @@ _NEGATION_BEFORE = _rx(r"""\b(?:no|without)\b(?!\ (?:\w+\ )?(?:change|progressio
                            | \bclear(?:ing)?\ of | \bnegative\ for | \babsence\ of | \bresolution\ of | \bresolved\b
                            | \bremoval\ of | \bremoved\b | \bhistory\ of | \brather\ than | \bexclude[sd]?\b""")
 # ... but "normal" only reaches over its own phrase ("normal heart size and mediastinal contours"),
-# and "clear with" names what is there ("the lungs are clear with scattered granulomas").
+# and "clear with" names what is there ("the lungs are clear with mild bibasilar atelectasis").
 _NEGATION_BEFORE_IN_PHRASE = _rx(r"\bnormal\b | \bunremarkable\b | \bclear\b(?!\ with\b)")
 _NORMAL = r"""(?:normal|unremarkable|negative|absent|clear|(?:top|upper|high)[ -](?:limits?\ )?(?:of\ )?normal)\b"""
 _NEGATION_AFTER = _rx(rf"""(?:{_COPULA})?(?:not|no\ longer)\ (?:\w+ly\ )?(?:seen|identified|visualized|demonstrated
@@ -297,7 +305,7 @@ def label_report(text: str) -> dict[str, int | None]:
 
     Keys are the 14 observations in ``OBSERVATIONS`` order.
     """
-    found: dict[str, list[int]] = {}
+    found: dict[str | None, list[int]] = {}
     for sentence in split_sentences(text.lower()):
         for concept in _CONCEPTS:
             excluded = [m.span() for m in concept.exclude.finditer(sentence)] if concept.exclude else []
@@ -310,7 +318,10 @@ def label_report(text: str) -> dict[str, int | None]:
 
     labels: dict[str, int | None] = {name: None for name in OBSERVATIONS}
     for name, values in found.items():
-        labels[name] = _aggregate(values)
-    abnormal = any(labels[name] in (POSITIVE, UNCERTAIN) for name in PATHOLOGIES)
+        if name is not None:
+            labels[name] = _aggregate(values)
+    abnormal = any(
+        _aggregate(values) != NEGATIVE for name, values in found.items() if name != "Support Devices"
+    )
     labels["No Finding"] = None if abnormal else POSITIVE
     return labels

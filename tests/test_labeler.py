@@ -160,35 +160,33 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("Moderate right-sided pleural effusion, small on the left.", {"Pleural Effusion": 1}),
     # exclusions
     ("There may be a pericardial effusion.", {"No Finding": 1}),
-    # granulomas and calcified nodules are Lung Lesion (the CheXpert labeler leaves them blank)
-    ("Calcified granuloma in the right upper lobe.", {"Lung Lesion": 1}),
-    ("There are calcified granulomas.", {"Lung Lesion": 1}),
-    ("Several granulomata in both upper lobes.", {"Lung Lesion": 1}),
-    ("The lungs are clear with a few scattered granulomas.", {"Lung Lesion": 1}),
-    ("Scattered calcified nodules.", {"Lung Lesion": 1}),
-    ("No pulmonary nodules or granulomas.", {"Lung Lesion": 0, "No Finding": 1}),
+    # granulomas and calcified nodules are no Lung Lesion, but rule out No Finding (chexpert-labeler:
+    # phrases/mention/lung_lesion.txt has no granuloma, phrases/unmention/lung_lesion.txt drops "calcified nodul")
+    ("Calcified granuloma in the right upper lobe.", {}),
+    ("There are calcified granulomas.", {}),
+    ("Scattered calcified nodules.", {}),
     ("No non-calcified nodules.", {"Lung Lesion": 0, "No Finding": 1}),
-    # ... but a granulomatous cause and granulomas outside the lungs are not
-    ("Sequela of old granulomatous disease.", {"No Finding": 1}),
-    ("Calcified splenic granulomas.", {"No Finding": 1}),
+    # ... and "clear with" does not negate what follows it
+    ("The lungs are clear with a few scattered granulomas.", {}),
+    ("The lungs are clear with mild bibasilar atelectasis.", {"Atelectasis": 1}),
     ("There is a 9 mm right lower lobe pulmonary nodule.", {"Lung Lesion": 1}),
     ("There is no pleural line to suggest pneumothorax.", {"Pneumothorax": 0, "No Finding": 1}),
     ("Mild blunting of the left costophrenic angle.", {"Pleural Effusion": -1}),
     ("Biapical pleural thickening.", {"Pleural Other": 1}),
-    # No Finding looks at the 12 pathologies only: findings outside them and devices leave it 1
-    ("Degenerative changes of the thoracic spine. No acute bony abnormality.", {"No Finding": 1}),
-    ("A large hiatal hernia is noted. Lungs are clear.", {"No Finding": 1}),
-    ("Hyperexpanded lungs in keeping with emphysema. No focal opacity.", {"Lung Opacity": 0, "No Finding": 1}),
-    (
-        "Normal heart size. Clear lungs. Mild degenerative change in the thoracic spine.",
-        {"Cardiomegaly": 0, "No Finding": 1},
-    ),
+    # other abnormalities on CheXpert's No Finding list block No Finding without a label of their own
+    # (chexpert-labeler: phrases/mention/no_finding.txt, counted as a finding by stages/aggregate.py)
+    ("No acute disease. Degenerative changes of the spine.", {}),
+    ("Degenerative changes of the thoracic spine. No acute bony abnormality.", {}),
+    ("A large hiatal hernia is noted. Lungs are clear.", {}),
+    ("Hyperexpanded lungs in keeping with emphysema. No focal opacity.", {"Lung Opacity": 0}),
+    # ... findings off that list do not, nor do devices (stages/aggregate.py skips SUPPORT_DEVICES)
     ("Heart size is normal. The aorta is tortuous. Lungs are clear.", {"Cardiomegaly": 0, "No Finding": 1}),
     (
         "Spinal stimulator leads overlie the thoracic spine. Lungs are clear.",
         {"Support Devices": 1, "No Finding": 1},
     ),
-    ("A spinal cord stimulator is in place. The lungs are clear.", {"Support Devices": 1, "No Finding": 1}),
+    # a stimulator alone is no device (chexpert-labeler: phrases/mention/support_devices.txt has no stimulator)
+    ("A spinal cord stimulator is in place. The lungs are clear.", {"No Finding": 1}),
     # fractures and devices
     ("Healed right rib fracture.", {"Fracture": 1}),
     ("No acute fracture. Old healed left rib fractures.", {"Fracture": 1}),
@@ -260,22 +258,22 @@ def test_thousands_of_reports_per_second() -> None:
 
 @pytest.mark.real_data
 def test_agreement_with_chexpert_labeler_on_iu_xray(iu_xray_root: Path) -> None:
-    """Regression guard. Measured (2,947 reports, docs/labeler.md): micro-F1 on positives 0.734,
-    4-state accuracy 0.945, Lung Opacity F1 0.937, Pleural Effusion F1 0.889, recall of CheXpert's
-    Lung Lesion 0.911 and No Finding 0.994. The reference has systematic errors, and our Lung Lesion
-    and No Finding conventions differ from it on purpose (granulomas; findings outside the 12
-    pathologies), so these are floors against regressions, not targets."""
+    """Regression guard. Measured (2,947 reports, docs/labeler.md): micro-F1 on positives 0.820,
+    4-state accuracy 0.961, F1 Lung Opacity 0.937, Pleural Effusion 0.889, Lung Lesion 0.920 and
+    No Finding 0.903 (the last two fall to 0.44 and 0.77 if granulomas count as Lung Lesion or
+    No Finding ignores CheXpert's no_finding.txt list). The reference has systematic errors, so
+    these are floors against regressions, not targets."""
     from train.labeler_agreement import agreement, labelled_reports
 
     pairs = labelled_reports(iu_xray_root)
     result = agreement([labels for _, labels in pairs], [label_report(report) for report, _ in pairs])
     assert result["n_reports"] == 2947
-    assert result["micro"]["f1"] > 0.72
-    assert result["overall_accuracy"] > 0.94
+    assert result["micro"]["f1"] > 0.815
+    assert result["overall_accuracy"] > 0.958
     assert result["per_class"]["Lung Opacity"]["f1"] > 0.92
     assert result["per_class"]["Pleural Effusion"]["f1"] > 0.87
-    assert result["per_class"]["Lung Lesion"]["recall"] > 0.89
-    assert result["per_class"]["No Finding"]["recall"] > 0.98
+    assert result["per_class"]["Lung Lesion"]["f1"] > 0.90
+    assert result["per_class"]["No Finding"]["f1"] > 0.89
 
 
 def test_agreement_script_on_a_tiny_annotation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
