@@ -146,11 +146,11 @@ _CONCEPTS: tuple[_Concept, ...] = (
     _Concept(
         None,
         _rx(r"""\bemphysema\w* | \bhyperinfla\w* | \bhyperexpansion | \bhernia\w* | \bgranuloma\w* | \bcalcifi\w*
-                | \bdegenerat\w* | \bscoliosis | \bkyphosis | \bosteophytosis | \bosteopenia | \batheroscler\w*
-                | \bcopd\b | \bbullae?\b | \beventration | \belevat\w* | \bthickening | \bplaques?\b | \bdeformit\w*
-                | \bhematoma | \bhemorrhage | \baspiration | \bcontusion | \bpneumomediastinum | \bpneumoperitoneum
-                | \bbronchi(?:tis|olitis|ectasis) | \basthma | \bairways?\ disease | \bvolume\ loss | \bprominen\w*
-                | \bcuffing | \bmetasta\w*"""),
+                | \bdegenerat\w* | scoliosis | kyphosis | \bosteophytosis | \bosteopenia | \batheroscler\w*
+                | \bcopd\b | \bbullae?\b | \bbullets?\b | \beventration | \belevat\w* | \bthickening | \bplaques?\b
+                | \bdeformit\w* | \bhematoma | \bhemorrhage | \baspiration | \bcontusion | \bpneumomediastinum
+                | \bpneumoperitoneum | \bbronchi(?:tis|olitis|ectasis) | \basthma | \bairways?\ disease | \bvolume\ loss
+                | \bprominen\w* | \bcuffing | \bmetasta\w*"""),
     ),
 )
 

@@ -178,6 +178,8 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("No acute disease. Degenerative changes of the spine.", {}),
     ("Degenerative changes of the thoracic spine. No acute bony abnormality.", {}),
     ("A large hiatal hernia is noted. Lungs are clear.", {}),
+    ("Mild levoscoliosis of the thoracic spine. Lungs are clear.", {}),  # its phrases match inside words
+    ("A bullet is noted in the soft tissues of the left chest wall. Lungs are clear.", {}),
     ("Hyperexpanded lungs in keeping with emphysema. No focal opacity.", {"Lung Opacity": 0}),
     # ... findings off that list do not, nor do devices (stages/aggregate.py skips SUPPORT_DEVICES)
     ("Heart size is normal. The aorta is tortuous. Lungs are clear.", {"Cardiomegaly": 0, "No Finding": 1}),
@@ -258,9 +260,9 @@ def test_thousands_of_reports_per_second() -> None:
 
 @pytest.mark.real_data
 def test_agreement_with_chexpert_labeler_on_iu_xray(iu_xray_root: Path) -> None:
-    """Regression guard. Measured (2,947 reports, docs/labeler.md): micro-F1 on positives 0.820,
+    """Regression guard. Measured (2,947 reports, docs/labeler.md): micro-F1 on positives 0.822,
     4-state accuracy 0.961, F1 Lung Opacity 0.937, Pleural Effusion 0.889, Lung Lesion 0.920 and
-    No Finding 0.903 (the last two fall to 0.44 and 0.77 if granulomas count as Lung Lesion or
+    No Finding 0.908 (the last two fall to 0.44 and 0.77 if granulomas count as Lung Lesion or
     No Finding ignores CheXpert's no_finding.txt list). The reference has systematic errors, so
     these are floors against regressions, not targets."""
     from train.labeler_agreement import agreement, labelled_reports
@@ -268,12 +270,12 @@ def test_agreement_with_chexpert_labeler_on_iu_xray(iu_xray_root: Path) -> None:
     pairs = labelled_reports(iu_xray_root)
     result = agreement([labels for _, labels in pairs], [label_report(report) for report, _ in pairs])
     assert result["n_reports"] == 2947
-    assert result["micro"]["f1"] > 0.815
+    assert result["micro"]["f1"] > 0.817
     assert result["overall_accuracy"] > 0.958
     assert result["per_class"]["Lung Opacity"]["f1"] > 0.92
     assert result["per_class"]["Pleural Effusion"]["f1"] > 0.87
     assert result["per_class"]["Lung Lesion"]["f1"] > 0.90
-    assert result["per_class"]["No Finding"]["f1"] > 0.89
+    assert result["per_class"]["No Finding"]["f1"] > 0.895
 
 
 def test_agreement_script_on_a_tiny_annotation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
