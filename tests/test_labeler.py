@@ -179,7 +179,7 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("Degenerative changes of the thoracic spine. No acute bony abnormality.", {}),
     ("A large hiatal hernia is noted. Lungs are clear.", {}),
     ("Mild levoscoliosis of the thoracic spine. Lungs are clear.", {}),  # its phrases match inside words
-    ("A bullet is noted in the soft tissues of the left chest wall. Lungs are clear.", {}),
+    ("A bullet fragment projects over the left chest wall. Lungs are clear.", {}),
     ("Hyperexpanded lungs in keeping with emphysema. No focal opacity.", {"Lung Opacity": 0}),
     # ... findings off that list do not, nor do devices (stages/aggregate.py skips SUPPORT_DEVICES)
     ("Heart size is normal. The aorta is tortuous. Lungs are clear.", {"Cardiomegaly": 0, "No Finding": 1}),
