@@ -95,6 +95,23 @@ def table_text_agreement(states: Sequence[Sequence[int]], labels: Sequence[dict]
     return sum(pairs) / max(1, len(pairs))
 
 
+def abnormal_drafts(reference_labels: Sequence[dict], draft_labels: Sequence[dict]) -> dict[str, int]:
+    """How often an abnormal study gets an abnormal draft, and a normal one a normal draft: a
+    study is abnormal when its text (by our labeler) has a positive finding other than No Finding
+    and Support Devices. Template-writing weights score well on the language metrics of a mostly
+    normal test set while giving every abnormal study a normal draft; this count shows it."""
+    counts = {"abnormal": 0, "abnormal_drafted_abnormal": 0, "normal": 0, "normal_drafted_abnormal": 0}
+    for reference, draft in zip(reference_labels, draft_labels):
+        kind = "abnormal" if _abnormal(reference) else "normal"
+        counts[kind] += 1
+        counts[f"{kind}_drafted_abnormal"] += _abnormal(draft)
+    return counts
+
+
+def _abnormal(labels: dict) -> bool:
+    return any(labels[o] == 1 for o in OBSERVATIONS if o not in ("No Finding", "Support Devices"))
+
+
 def _mask_size(study: Study) -> tuple[int, int] | None:
     """Heatmaps are compared with masks, so they are made at the masks' size (read from the header)."""
     for paths in study.mask_paths.values():
@@ -144,7 +161,8 @@ def evaluate(
     hypotheses = [normalize_report(r.text, dataset) for r in reports]
     nlg = nlg_metrics(references, hypotheses)
     generated_labels = [label_report(r.text) for r in reports]
-    ce = clinical_efficacy([label_report(t) for t in references], generated_labels)
+    reference_labels = [label_report(t) for t in references]
+    ce = clinical_efficacy(reference_labels, generated_labels)
     query_states = np.array([labels_to_states(s.labels) for s in studies])
     top1_states = np.array([r.references[0].label_states for r in reports])
     p_positive = np.array([[r.probabilities[name][State.POSITIVE] for name in OBSERVATIONS] for r in reports])
@@ -156,6 +174,7 @@ def evaluate(
         "retrieval": retrieval_metrics(query_states, top1_states),
         "paper": paper_row(nlg, ce),
         "table_text_agreement": table_text_agreement([r.states for r in reports], generated_labels),
+        "abnormal_drafts": abnormal_drafts(reference_labels, generated_labels),
         "avg": paper_average(nlg, ce),
         "samples": [
             {"study_id": i, "reference": ref, "generated": r.text}

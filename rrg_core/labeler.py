@@ -6,8 +6,8 @@ every beam during evaluation. It follows the logic of the CheXpert labeler
 (Irvin et al. 2019, a NegBio-style pipeline): find mentions of each observation,
 classify each mention as uncertain / negative / positive, aggregate per report.
 Instead of dependency parses, negation and hedges reach a mention through a clause
-(stopped by "but", "however", "although", ..., and by a comma before a grade: "no
-pneumothorax, mild cardiomegaly"), and predicates after a mention
+(stopped by "but", "however", "although", ..., and by a comma before a grade or a side:
+"no pneumothorax, mild cardiomegaly"), and predicates after a mention
 ("... are within normal limits", "... cannot be excluded") reach back over the
 coordinated subject it belongs to ("the heart size and pulmonary vascularity").
 
@@ -26,15 +26,16 @@ Conventions, where CheXpert leaves a choice or is known to err:
   "or"/"versus" are uncertain, and so is "likely" (CheXpert: positive); on IU X-Ray that word
   is masked as "XXXX" ("opacities, XXXX subsegmental atelectasis"), read as such where
   "likely" is the reading.
-* Calcified nodules and granulomas are not Lung Lesion (as CheXpert: healed, benign);
+* Calcified nodules and granulomas are not Lung Lesion (as CheXpert: healed, benign;
+  phrases/mention/lung_lesion.txt and phrases/unmention/lung_lesion.txt in its repository);
   interstitial markings and scarring are Lung Opacity (as CheXpert).
 * Support Devices also counts surgical clips, stents and sternotomy wires (CheXpert
   does not).
 * No Finding is 1 only when no pathology is positive or uncertain and no other
   abnormality (emphysema, hernia, granuloma, scoliosis, degenerative change, ...;
-  CheXpert's list) is reported; otherwise it is left blank, as in CheXpert's aggregation
-  (which counts its No Finding mention list among the findings). Support Devices and what is
-  not on that list (a tortuous aorta, a spinal stimulator) leave it 1.
+  CheXpert's phrases/mention/no_finding.txt) is reported; otherwise it is left blank, as in
+  CheXpert's stages/aggregate.py (which counts that list among the findings). Support
+  Devices and what is not on that list (a tortuous aorta, a spinal stimulator) leave it 1.
 """
 from __future__ import annotations
 
@@ -145,11 +146,11 @@ _CONCEPTS: tuple[_Concept, ...] = (
     _Concept(
         None,
         _rx(r"""\bemphysema\w* | \bhyperinfla\w* | \bhyperexpansion | \bhernia\w* | \bgranuloma\w* | \bcalcifi\w*
-                | \bdegenerat\w* | \bscoliosis | \bkyphosis | \bosteophytosis | \bosteopenia | \batheroscler\w*
-                | \bcopd\b | \bbullae?\b | \beventration | \belevat\w* | \bthickening | \bplaques?\b | \bdeformit\w*
-                | \bhematoma | \bhemorrhage | \baspiration | \bcontusion | \bpneumomediastinum | \bpneumoperitoneum
-                | \bbronchi(?:tis|olitis|ectasis) | \basthma | \bairways?\ disease | \bvolume\ loss | \bprominen\w*
-                | \bcuffing | \bmetasta\w*"""),
+                | \bdegenerat\w* | scoliosis | kyphosis | \bosteophytosis | \bosteopenia | \batheroscler\w*
+                | \bcopd\b | \bbullae?\b | \bbullets?\b | \beventration | \belevat\w* | \bthickening | \bplaques?\b
+                | \bdeformit\w* | \bhematoma | \bhemorrhage | \baspiration | \bcontusion | \bpneumomediastinum
+                | \bpneumoperitoneum | \bbronchi(?:tis|olitis|ectasis) | \basthma | \bairways?\ disease | \bvolume\ loss
+                | \bprominen\w* | \bcuffing | \bmetasta\w*"""),
     ),
 )
 
@@ -159,12 +160,14 @@ _CLAUSE_BREAK = _rx(r"""\b(?:but|however|although|though|except|aside\ from|apar
 # Within a clause, a phrase also ends at a comma ("normal heart size, small effusion"),
 # unless the comma is part of a list closed by and/or ("normal heart size, mediastinal and aortic contours").
 _PHRASE_BREAK = _rx(r",(?!.*\b(?:and|or)\b)")
-# A comma before a grade starts a new statement that "no" and hedges before it do not reach
-# ("no pneumothorax, mild cardiomegaly"), unless an "or" closes a negated list after it
-# ("no focal consolidation, large pleural effusion, or pneumothorax"). Not before "stable":
-# "heart size within normal limits, stable mediastinal contours" is one statement.
+# A comma before a grade or a side starts a new statement that "no" and hedges before it do not
+# reach ("no pneumothorax, mild cardiomegaly", "no effusion, left basilar atelectasis"), unless an
+# "or" closes a negated list after it ("no focal consolidation, large pleural effusion, or
+# pneumothorax"). Not before "stable": "heart size within normal limits, stable mediastinal
+# contours" is one statement.
 _STATEMENT_BREAK = _rx(r""",(?=\ *(?:mild|moderate|severe|small|large|minimal|trace|tiny|marked|slight|extensive
-                                     |borderline|healed|old)\w*\b)(?!.*\b(?:or|nor)\b)""")
+                                     |borderline|healed|old|left|right|bilateral|bibasilar)\w*\b)
+                          (?!.*\b(?:or|nor)\b)""")
 
 _EXCLUDE = r"(?:exclude[sd]?|rule[sd]?\ out|ruled\ out)"
 # Linking verbs and the adverbs that may stand between a subject and its predicate.
@@ -188,15 +191,16 @@ _NEGATION_BEFORE = _rx(r"""\b(?:no|without)\b(?!\ (?:\w+\ )?(?:change|progressio
                            | \bnot\b | \bnor\b | \bneither\b | \bfree\ of
                            | \bclear(?:ing)?\ of | \bnegative\ for | \babsence\ of | \bresolution\ of | \bresolved\b
                            | \bremoval\ of | \bremoved\b | \bhistory\ of | \brather\ than | \bexclude[sd]?\b""")
-# ... but "normal" only reaches over its own phrase ("normal heart size and mediastinal contours").
-_NEGATION_BEFORE_IN_PHRASE = _rx(r"\bnormal\b | \bunremarkable\b | \bclear\b")
+# ... but "normal" only reaches over its own phrase ("normal heart size and mediastinal contours"),
+# and "clear with" names what is there ("the lungs are clear with mild bibasilar atelectasis").
+_NEGATION_BEFORE_IN_PHRASE = _rx(r"\bnormal\b | \bunremarkable\b | \bclear\b(?!\ with\b)")
 _NORMAL = r"""(?:normal|unremarkable|negative|absent|clear|(?:top|upper|high)[ -](?:limits?\ )?(?:of\ )?normal)\b"""
 _NEGATION_AFTER = _rx(rf"""(?:{_COPULA})?(?:not|no\ longer)\ (?:\w+ly\ )?(?:seen|identified|visualized|demonstrated
                                                                  |present|evident|appreciated|noted|detected|apparent
                                                                  |visible|enlarged|widened|increased)
                           | (?:has|have)\ (?:\w+ly\ )?(?:resolved|cleared|been\ removed) | \bresolved\b | \bremoved\b
                           | (?:{_COPULA})?{_ADVERBS}within\ (?:the\ )?(?:normal|limits\ of\ normal)
-                          | {_COPULA}{_ADVERBS}{_NORMAL}
+                          | {_COPULA}{_ADVERBS}{_NORMAL}(?!\ or\b)
                           # without a verb "normal" must end the phrase: "heart size normal", not "... and normal lungs"
                           | {_ADVERBS}{_NORMAL}(?=\ *(?:$|[,;]|\b(?:and|in|for|with|without|size|limits)\b))""")
 _HEDGE_BEFORE = _rx(r"""\bpossibl[ey]\b | \bprobabl[ey]\b | \b(?:un)?likely\b | \bpresum\w* | \bsuspect\w*
@@ -207,16 +211,19 @@ _HEDGE_BEFORE = _rx(r"""\bpossibl[ey]\b | \bprobabl[ey]\b | \b(?:un)?likely\b | 
                         | \bpotential\w* | \buncertain\b""")
 # IU X-Ray's de-identification masked every "likely" as "XXXX" (the word never occurs there):
 # "opacities in the lung bases, XXXX subsegmental atelectasis", "XXXX representing atelectasis".
-# Only where "likely" is the reading; "XXXX atelectasis" alone stays what it says.
+# It masked "linear" too (never there either), so a sentence's "XXXX atelectasis" or "mild,
+# XXXX opacity" stays what it says; before "subsegmental" (always after an opacity) it is "likely".
 _MASKED_LIKELY = _rx(r"""(?<!mild)(?<!minimal),\ *xxxx\ (?:\w+\ ){0,2}$ | \bxxxx\ (?:to\ )?(?:represent|reflect)\w*
-                         | \bmost\ xxxx\b""")
+                         | \bmost\ xxxx\b | \bxxxx\ subsegmental\ $""")
 # "or" hedges only the phrase it joins: "atelectasis or pneumonia".
 _HEDGE_BEFORE_IN_PHRASE = _rx(r"\bor\b")
 _HEDGE_AFTER = _rx(rf"""{_COPULA}(?:\w+ly\ )?(?:possible|likely|suspected|questioned|probable|favou?red|considered
                                               |uncertain|equivocal|questionable|borderline)
                        | (?:may|might|could|can)\ (?:also\ )?be\ (?:present|seen|noted|identified)
                        # "the heart may be mildly enlarged", "heart size is possibly enlarged"
-                       | (?:may|might|could)\ (?:also\ )?be\b | (?:{_COPULA})?(?:possibly|probably|questionably)\b""")
+                       | (?:may|might|could)\ (?:also\ )?be\b | (?:{_COPULA})?(?:possibly|probably|questionably)\b
+                       # "heart size is upper limits normal or mildly enlarged"
+                       | {_COPULA}{_ADVERBS}{_NORMAL}\ or\b""")
 _ALTERNATIVE_AFTER = _rx(r"^\ ?(?:\w+\ )?(?:and/)?(?:or|versus|vs)\b")
 # A subject between a mention and its predicate holds no predicate of its own and no new
 # clause: "the heart size and pulmonary vascularity appear ..." but not

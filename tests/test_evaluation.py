@@ -10,7 +10,8 @@ from model_fixtures import tiny_model, write_tiny_dataset
 from scipy.stats import mannwhitneyu
 
 from rrg_core.datasets import load_split
-from rrg_core.evaluation import auroc, diagnosis_auroc, diagnosis_logits, evaluate
+from rrg_core.evaluation import abnormal_drafts, auroc, diagnosis_auroc, diagnosis_logits, evaluate
+from rrg_core.labeler import label_report
 from rrg_core.observations import OBSERVATIONS, State
 from rrg_core.pipeline import ReportPipeline
 from train.evaluate import diagnosis_table
@@ -81,3 +82,20 @@ def test_evaluate_reports_the_heads_auroc_on_a_tiny_model(tmp_path) -> None:
         else:
             assert result["per_class"][name] is None
     assert result["mean"] is None and result["mean_over"] == []  # no observation has 10 positives here
+
+
+def test_abnormal_drafts_counts_studies_by_the_findings_their_texts_state():
+    references = [label_report(t) for t in (
+        "Mild cardiomegaly. No pleural effusion.",  # abnormal, drafted abnormal
+        "Small right pleural effusion.",  # abnormal, drafted normal
+        "The lungs are clear. No acute cardiopulmonary abnormality.",  # normal, drafted normal
+        "Sternotomy wires. The lungs are clear.",  # devices only: normal, drafted abnormal
+    )]
+    drafts = [label_report(t) for t in (
+        "The heart is enlarged.",
+        "The lungs are clear.",
+        "No acute disease.",
+        "Left basilar atelectasis.",
+    )]
+    assert abnormal_drafts(references, drafts) == {
+        "abnormal": 2, "abnormal_drafted_abnormal": 1, "normal": 2, "normal_drafted_abnormal": 1}

@@ -45,7 +45,7 @@ CASES: list[tuple[str, dict[str, int]]] = [
     # heart and mediastinum mentions need a size statement
     ("The heart and lungs have XXXX XXXX in the interval.", {"No Finding": 1}),
     ("Stable cardiomediastinal silhouette.", {"No Finding": 1}),
-    ("There is a stable closure device projected over the heart.", {"Support Devices": 1, "No Finding": 1}),
+    ("A closure device is projected over the heart.", {"Support Devices": 1, "No Finding": 1}),
     ("Widened mediastinum.", {"Enlarged Cardiomediastinum": 1}),
     ("The cardiac silhouette is mildly enlarged.", {"Cardiomegaly": 1}),
     ("Borderline cardiomegaly.", {"Cardiomegaly": -1}),
@@ -54,6 +54,7 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("The mediastinum may be widened.", {"Enlarged Cardiomediastinum": -1}),
     ("Heart size is possibly enlarged.", {"Cardiomegaly": -1}),
     ("Heart size is borderline.", {"Cardiomegaly": -1}),
+    ("Heart size is at the upper limits of normal or mildly enlarged.", {"Cardiomegaly": -1}),
     # negation scope over a coordinated list
     ("No pneumothorax or pleural effusion.", {"Pneumothorax": 0, "Pleural Effusion": 0, "No Finding": 1}),
     (
@@ -84,6 +85,15 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("No pneumothorax. Small right pleural effusion.", {"Pneumothorax": 0, "Pleural Effusion": 1}),
     # ... and by a comma before a grade, unless an "or" closes a negated list after it
     ("No pneumothorax, mild cardiomegaly.", {"Pneumothorax": 0, "Cardiomegaly": 1}),
+    ("No pleural effusion, left basilar atelectasis.", {"Pleural Effusion": 0, "Atelectasis": 1}),
+    (
+        "No pneumothorax, effusion or consolidation.",
+        {"Pneumothorax": 0, "Pleural Effusion": 0, "Consolidation": 0, "No Finding": 1},
+    ),
+    (
+        "No pneumothorax, right effusion, or consolidation.",
+        {"Pneumothorax": 0, "Pleural Effusion": 0, "Consolidation": 0, "No Finding": 1},
+    ),
     ("No acute fracture, healed left rib fractures.", {"Fracture": 1}),
     ("Possible pneumonia, small right effusion.", {"Pneumonia": -1, "Pleural Effusion": 1}),
     (
@@ -120,17 +130,21 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("Atelectasis versus pneumonia in the left base.", {"Atelectasis": -1, "Pneumonia": -1}),
     ("Bibasilar atelectasis or consolidation.", {"Atelectasis": -1, "Consolidation": -1}),
     (
-        "There is minimal patchy atelectasis or early infiltrate in left lung base.",
+        "Minimal patchy atelectasis or early infiltrate at the right base.",
         {"Atelectasis": -1, "Lung Opacity": -1},
     ),
+    ("Right basilar atelectasis or early infiltrate.", {"Atelectasis": -1, "Lung Opacity": -1}),
     # "XXXX" is IU X-Ray's mask of "likely", a hedge, where "likely" is the reading ...
     (
-        "Minimal streaky opacities in the lung bases, XXXX subsegmental atelectasis.",
+        "Faint streaky opacities at both bases, XXXX subsegmental atelectasis.",
         {"Lung Opacity": 1, "Atelectasis": -1},
     ),
     ("Bibasilar opacities XXXX representing atelectasis.", {"Lung Opacity": 1, "Atelectasis": -1}),
     ("Left upper lobe airspace disease most XXXX pneumonia.", {"Lung Opacity": 1, "Pneumonia": -1}),
-    # ... and only there
+    # ... and before "subsegmental", with or without the comma
+    ("Hazy opacity at the right base XXXX subsegmental atelectasis.", {"Lung Opacity": 1, "Atelectasis": -1}),
+    ("XXXX subsegmental atelectasis.", {"Atelectasis": -1}),
+    # ... and only there ("linear" is masked too)
     ("XXXX atelectasis in the right lung base.", {"Atelectasis": 1}),
     ("There is mild, XXXX opacity over the left lung base.", {"Lung Opacity": 1}),
     ("Mild pulmonary vascular congestion.", {"Edema": -1}),
@@ -146,25 +160,35 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("Moderate right-sided pleural effusion, small on the left.", {"Pleural Effusion": 1}),
     # exclusions
     ("There may be a pericardial effusion.", {"No Finding": 1}),
-    # granulomas and calcified nodules are no Lung Lesion (CheXpert), but rule out No Finding
+    # granulomas and calcified nodules are no Lung Lesion, but rule out No Finding (chexpert-labeler:
+    # phrases/mention/lung_lesion.txt has no granuloma, phrases/unmention/lung_lesion.txt drops "calcified nodul")
     ("Calcified granuloma in the right upper lobe.", {}),
     ("There are calcified granulomas.", {}),
     ("Scattered calcified nodules.", {}),
     ("No non-calcified nodules.", {"Lung Lesion": 0, "No Finding": 1}),
+    # ... and "clear with" does not negate what follows it
+    ("The lungs are clear with a few scattered granulomas.", {}),
+    ("The lungs are clear with mild bibasilar atelectasis.", {"Atelectasis": 1}),
     ("There is a 9 mm right lower lobe pulmonary nodule.", {"Lung Lesion": 1}),
     ("There is no pleural line to suggest pneumothorax.", {"Pneumothorax": 0, "No Finding": 1}),
     ("Mild blunting of the left costophrenic angle.", {"Pleural Effusion": -1}),
     ("Biapical pleural thickening.", {"Pleural Other": 1}),
-    # other abnormalities on CheXpert's No Finding list block No Finding without a label of their
-    # own (the shipped CheXpert labels: all 258 otherwise normal IU reports with "degenerative")
+    # other abnormalities on CheXpert's No Finding list block No Finding without a label of their own
+    # (chexpert-labeler: phrases/mention/no_finding.txt, counted as a finding by stages/aggregate.py)
+    ("No acute disease. Degenerative changes of the spine.", {}),
     ("Degenerative changes of the thoracic spine. No acute bony abnormality.", {}),
     ("A large hiatal hernia is noted. Lungs are clear.", {}),
-    # ... findings off that list do not, nor do devices
+    ("Mild levoscoliosis of the thoracic spine. Lungs are clear.", {}),  # its phrases match inside words
+    ("A bullet fragment projects over the left chest wall. Lungs are clear.", {}),
+    ("Hyperexpanded lungs in keeping with emphysema. No focal opacity.", {"Lung Opacity": 0}),
+    # ... findings off that list do not, nor do devices (stages/aggregate.py skips SUPPORT_DEVICES)
     ("Heart size is normal. The aorta is tortuous. Lungs are clear.", {"Cardiomegaly": 0, "No Finding": 1}),
     (
         "Spinal stimulator leads overlie the thoracic spine. Lungs are clear.",
         {"Support Devices": 1, "No Finding": 1},
     ),
+    # a stimulator alone is no device (chexpert-labeler: phrases/mention/support_devices.txt has no stimulator)
+    ("A spinal cord stimulator is in place. The lungs are clear.", {"No Finding": 1}),
     # fractures and devices
     ("Healed right rib fracture.", {"Fracture": 1}),
     ("No acute fracture. Old healed left rib fractures.", {"Fracture": 1}),
@@ -236,22 +260,26 @@ def test_thousands_of_reports_per_second() -> None:
 
 @pytest.mark.real_data
 def test_agreement_with_chexpert_labeler_on_iu_xray(iu_xray_root: Path) -> None:
-    """Regression guard. Measured (2,947 reports, docs/labeler.md): micro-F1 on positives 0.820,
-    4-state accuracy 0.961, Lung Opacity F1 0.937, Pleural Effusion F1 0.889. The reference has
-    systematic errors, so these are floors against regressions, not targets."""
+    """Regression guard. Measured (2,947 reports, docs/labeler.md): micro-F1 on positives 0.822,
+    4-state accuracy 0.961, F1 Lung Opacity 0.937, Pleural Effusion 0.889, Lung Lesion 0.920 and
+    No Finding 0.908 (the last two fall to 0.44 and 0.77 if granulomas count as Lung Lesion or
+    No Finding ignores CheXpert's no_finding.txt list). The reference has systematic errors, so
+    these are floors against regressions, not targets."""
     from train.labeler_agreement import agreement, labelled_reports
 
     pairs = labelled_reports(iu_xray_root)
     result = agreement([labels for _, labels in pairs], [label_report(report) for report, _ in pairs])
     assert result["n_reports"] == 2947
-    assert result["micro"]["f1"] > 0.81
-    assert result["overall_accuracy"] > 0.955
+    assert result["micro"]["f1"] > 0.817
+    assert result["overall_accuracy"] > 0.958
     assert result["per_class"]["Lung Opacity"]["f1"] > 0.92
     assert result["per_class"]["Pleural Effusion"]["f1"] > 0.87
+    assert result["per_class"]["Lung Lesion"]["f1"] > 0.90
+    assert result["per_class"]["No Finding"]["f1"] > 0.895
 
 
 def test_agreement_script_on_a_tiny_annotation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The measurement CLI end to end: table, disagreements and --out, on two made-up studies."""
+    """The measurement CLI end to end: one split, table, disagreements and --out, on made-up studies."""
     from train.labeler_agreement import main
 
     nothing = {name: None for name in OBSERVATIONS}
@@ -261,15 +289,26 @@ def test_agreement_script_on_a_tiny_annotation(tmp_path: Path, capsys: pytest.Ca
         ("The heart size and pulmonary vascularity appear within normal limits.", {**nothing, "Cardiomegaly": 1}),
         ("Report without labels.", None),
     ]
-    annotation = {"test": [{"id": str(i), "report": r, "labels": labels} for i, (r, labels) in enumerate(studies)]}
+    annotation = {
+        "test": [{"id": str(i), "report": r, "labels": labels} for i, (r, labels) in enumerate(studies)],
+        "train": [{"id": "t", "report": "Small left pleural effusion.", "labels": {**nothing, "Pleural Effusion": 1}}],
+    }
     (tmp_path / "annotation.json").write_text(json.dumps(annotation))
     out = tmp_path / "agreement.md"
 
-    main(["--data", str(tmp_path), "--out", str(out), "--disagreements", "5"])
+    main(["--data", str(tmp_path), "--split", "test", "--out", str(out), "--disagreements", "5"])
 
     printed = capsys.readouterr().out
     assert "on 2 IU X-Ray reports" in printed
-    assert "| Cardiomegaly | 2 | 1.000 | 0.500 | 0.667 | 0.500 |" in printed
+    assert "| Cardiomegaly | 2 | 1 | 1.000 | 0.500 | 0.667 | 0.500 |" in printed  # positives: CheXpert 2, ours 1
     assert "2 disagreements in 1 reports" in printed  # Cardiomegaly 0 vs 1, No Finding 1 vs None
     assert "- **No Finding**: ours 1, CheXpert None: The heart size and pulmonary vascularity" in printed
     assert out.read_text() == printed
+
+
+def test_agreement_script_names_a_missing_split(tmp_path: Path) -> None:
+    from train.labeler_agreement import labelled_reports
+
+    (tmp_path / "annotation.json").write_text(json.dumps({"train": [], "test": []}))
+    with pytest.raises(ValueError, match="no split 'valid' .* it has train, test"):
+        labelled_reports(tmp_path, "valid")

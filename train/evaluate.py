@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"  head {ce['head']['f1']:.3f}  tail {ce['tail']['f1']:.3f}")
     print("\n" + diagnosis_table(result["diagnosis"]["auroc"]))
     r = result["retrieval"]
+    a = result["abnormal_drafts"]
+    print(f"abnormal drafts: {a['abnormal_drafted_abnormal']} of {a['abnormal']} abnormal studies, "
+          f"{a['normal_drafted_abnormal']} of {a['normal']} normal ones")
     print(f"retrieval: mean Hamming {r['hamming']:.2f}, label-match P@1 {r['precision_at_1']:.3f}")
     if "grounding" in result:
         g = result["grounding"]["overall"]

@@ -1,11 +1,11 @@
 """How well our labeler agrees with the CheXpert labeler on the IU X-Ray reports.
 
-    python -m train.labeler_agreement [--data ../shared/data/iu_xray] [--out FILE] [--disagreements N]
+    python -m train.labeler_agreement [--data ../shared/data/iu_xray] [--split test] [--out FILE] [--disagreements N]
 
 The reference labels are the CheXpert labeler's own output, with its systematic
 errors, so disagreements are to be read, not minimised blindly. Prints a Markdown
-table: precision/recall/F1 of positives per observation (the clinical-efficacy view)
-and 4-state accuracy per observation.
+table: positives on each side, precision/recall/F1 of positives per observation (the
+clinical-efficacy view) and 4-state accuracy per observation.
 """
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "iu_xra
 Labels = Mapping[str, int | None]
 
 
-def labelled_reports(data: Path) -> list[tuple[str, Labels]]:
-    """(report, reference labels) of every study in ``annotation.json`` that has labels."""
+def labelled_reports(data: Path, split: str | None = None) -> list[tuple[str, Labels]]:
+    """(report, reference labels) of every study in ``annotation.json`` (or in one split) that has labels."""
     annotation = json.loads((data / "annotation.json").read_text())
-    return [(e["report"], e["labels"]) for split in annotation.values() for e in split if e.get("labels")]
+    if split is not None and split not in annotation:
+        raise ValueError(f"no split {split!r} in {data / 'annotation.json'}; it has {', '.join(annotation)}")
+    splits = annotation.values() if split is None else [annotation[split]]
+    return [(e["report"], e["labels"]) for entries in splits for e in entries if e.get("labels")]
 
 
 def agreement(references: Sequence[Labels], ours: Sequence[Labels]) -> dict[str, object]:
@@ -38,6 +41,7 @@ def agreement(references: Sequence[Labels], ours: Sequence[Labels]) -> dict[str,
     same = np.array([labels_to_states(r) for r in references]) == np.array([labels_to_states(o) for o in ours])
     return {
         "per_class": ce["per_class"],
+        "ours_positives": {name: sum(o[name] == 1 for o in ours) for name in OBSERVATIONS},
         "micro": ce["micro"],
         "accuracy": dict(zip(OBSERVATIONS, same.mean(0).tolist())),
         "overall_accuracy": float(same.mean()),
@@ -51,18 +55,18 @@ def markdown(result: Mapping[str, object]) -> str:
         f"Agreement with the CheXpert labeler on {result['n_reports']} IU X-Ray reports "
         "(positives: reference = CheXpert).",
         "",
-        "| observation | support | precision | recall | F1 | 4-state accuracy |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| observation | positives (CheXpert) | positives (ours) | precision | recall | F1 | 4-state accuracy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in OBSERVATIONS:
         c = result["per_class"][name]
         rows.append(
-            f"| {name} | {c['support']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} "
-            f"| {result['accuracy'][name]:.3f} |"
+            f"| {name} | {c['support']} | {result['ours_positives'][name]} | {c['precision']:.3f} "
+            f"| {c['recall']:.3f} | {c['f1']:.3f} | {result['accuracy'][name]:.3f} |"
         )
     m = result["micro"]
     rows.append(
-        f"| **micro / overall** | | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
+        f"| **micro / overall** | | | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
         f"| {result['overall_accuracy']:.3f} |"
     )
     return "\n".join(rows)
@@ -90,12 +94,13 @@ def disagreements(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="IU X-Ray folder with annotation.json")
+    parser.add_argument("--split", help="only this split of annotation.json (train, val, test); default all")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     parser.add_argument("--disagreements", type=int, default=0, metavar="N", help="print N disagreements")
     parser.add_argument("--seed", type=int, default=0, help="which disagreements are drawn")
     args = parser.parse_args(argv)
 
-    pairs = labelled_reports(args.data)
+    pairs = labelled_reports(args.data, args.split)
     reports = [report for report, _ in pairs]
     references = [labels for _, labels in pairs]
     ours = [label_report(report) for report in reports]
