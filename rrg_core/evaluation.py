@@ -28,7 +28,7 @@ from .metrics import (
     retrieval_metrics,
 )
 from .model import REVTAF
-from .observations import OBSERVATIONS, State, labels_to_states
+from .observations import OBSERVATIONS, State, is_abnormal, labels_to_states
 from .pipeline import ReportPipeline
 from .prompts import FINDING_PROMPTS
 from .report_text import normalize_report
@@ -102,14 +102,10 @@ def abnormal_drafts(reference_labels: Sequence[dict], draft_labels: Sequence[dic
     normal test set while giving every abnormal study a normal draft; this count shows it."""
     counts = {"abnormal": 0, "abnormal_drafted_abnormal": 0, "normal": 0, "normal_drafted_abnormal": 0}
     for reference, draft in zip(reference_labels, draft_labels):
-        kind = "abnormal" if _abnormal(reference) else "normal"
+        kind = "abnormal" if is_abnormal(reference) else "normal"
         counts[kind] += 1
-        counts[f"{kind}_drafted_abnormal"] += _abnormal(draft)
+        counts[f"{kind}_drafted_abnormal"] += is_abnormal(draft)
     return counts
-
-
-def _abnormal(labels: dict) -> bool:
-    return any(labels[o] == 1 for o in OBSERVATIONS if o not in ("No Finding", "Support Devices"))
 
 
 def _mask_size(study: Study) -> tuple[int, int] | None:

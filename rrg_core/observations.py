@@ -68,6 +68,11 @@ STATE_WORDS: dict[str, State] = {**{name: State(i) for i, name in enumerate(STAT
                                  "blank": State.BLANK, "none": State.BLANK}
 
 
+def is_abnormal(labels: Mapping[str, int | None]) -> bool:
+    """Whether CheXpert labels call a pathology positive (devices alone are not abnormal)."""
+    return any(labels.get(o) == 1 for o in PATHOLOGIES)
+
+
 def state_from_word(word: str) -> State | None:
     """The state a reader's word names, in any case; any unambiguous start of a word will do
     ("NEG", "unc"). None when it names no state, or several ("n")."""

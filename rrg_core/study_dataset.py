@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from transformers import PreTrainedTokenizerBase
 
 from .config import REVTAFConfig
 from .datasets import Study
-from .observations import OBSERVATIONS, labels_to_states
+from .observations import OBSERVATIONS, is_abnormal, labels_to_states
 from .preprocessing import prepare_study
 from .prompts import FINDING_PROMPTS, N_FINDING_PROMPTS
 from .report_text import normalize_report
@@ -150,14 +150,33 @@ def study_loader(
     train: bool = False,
     seed: int = 0,
     num_workers: int = 0,
+    abnormal_share: float = 0.0,
 ) -> DataLoader:
-    """Model batches of ``studies``; when training: augmented, shuffled (seeded), no ragged last batch."""
+    """Model batches of ``studies``; when training: augmented, shuffled (seeded), no ragged last
+    batch, and with ``abnormal_share`` > 0 drawn (with replacement, as many draws as studies) so
+    that abnormal studies make up that share of an epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = abnormal_sampler(studies, abnormal_share, generator) if train and abnormal_share else None
     return DataLoader(
         StudyDataset(studies, config, tokenizer, dataset=dataset, train=train, seed=seed),
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=train,
         num_workers=num_workers,
         collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
-        generator=torch.Generator().manual_seed(seed),
+        generator=generator,
     )
+
+
+def abnormal_sampler(studies: Sequence[Study], share: float, generator: torch.Generator) -> WeightedRandomSampler:
+    """Draws abnormal studies (a positive pathology) ``share`` of the time. On IU X-Ray about one
+    study in five is abnormal, and a decoder trained on the natural mix writes the normal template
+    whatever its state prompts say: it needs more abnormal reports to learn what a positive prompt asks for."""
+    if not 0 < share < 1:
+        raise ValueError(f"abnormal_share must lie strictly between 0 and 1, got {share}")
+    abnormal = torch.tensor([is_abnormal(s.labels) for s in studies])
+    if abnormal.all() or not abnormal.any():
+        raise ValueError("abnormal_share needs both normal and abnormal studies")
+    weights = torch.where(abnormal, share / abnormal.sum(), (1 - share) / (~abnormal).sum()).double()
+    return WeightedRandomSampler(weights, num_samples=len(studies), replacement=True, generator=generator)

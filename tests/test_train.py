@@ -118,3 +118,24 @@ def test_grounding_without_masks_in_the_data_is_refused(tmp_path):
 def test_image_warmup_must_leave_full_epochs():
     with pytest.raises(SystemExit, match="image_warmup_epochs"):
         TrainConfig(epochs=2, image_warmup_epochs=2)
+
+
+def test_the_abnormal_sampler_draws_abnormal_studies_at_the_asked_share(tmp_path):
+    import torch
+
+    from rrg_core.datasets import load_split
+    from rrg_core.observations import is_abnormal
+    from rrg_core.study_dataset import abnormal_sampler
+
+    studies = load_split(write_tiny_dataset(tmp_path), "train")
+    abnormal = [is_abnormal(s.labels) for s in studies]
+    assert sum(abnormal) / len(studies) > 0.5  # so a share of 0.25 moves the mix
+    sampler = abnormal_sampler(studies, 0.25, torch.Generator().manual_seed(0))
+    draws = [i for _ in range(400) for i in sampler]
+    assert len(draws) == 400 * len(studies)
+    assert abs(sum(abnormal[i] for i in draws) / len(draws) - 0.25) < 0.03
+    for share in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            abnormal_sampler(studies, share, torch.Generator())
+    with pytest.raises(ValueError, match="both normal and abnormal"):
+        abnormal_sampler([s for s, a in zip(studies, abnormal) if not a], 0.5, torch.Generator())

@@ -33,6 +33,9 @@ class TrainConfig:
     # a from-scratch encoder then enters the full objective already seeing the findings.
     image_warmup_epochs: int = 0
     batch_size: int = 16
+    # 0: every training study once per epoch; else abnormal studies (a positive pathology) make up
+    # this share of an epoch's draws (rrg_core.study_dataset.abnormal_sampler)
+    abnormal_share: float = 0.0
     lr: float = 3e-4
     min_lr: float = 3e-5
     warmup_steps: int = 200

@@ -124,7 +124,7 @@ def make_model(cfg: TrainConfig, train_studies, out: Path, resume: bool) -> REVT
 
 def loader(studies, model: REVTAF, cfg: TrainConfig, *, train: bool) -> DataLoader:
     return study_loader(studies, model.config, model.tokenizer, dataset=cfg.dataset, batch_size=cfg.batch_size,
-                        train=train, seed=cfg.seed, num_workers=cfg.num_workers)
+                        train=train, seed=cfg.seed, num_workers=cfg.num_workers, abnormal_share=cfg.abnormal_share)
 
 
 @torch.no_grad()

@@ -35,6 +35,12 @@ def headline(result: dict) -> dict[str, float]:
     out = {k: v for k, v in result["paper"].items()}
     out["CE micro-F1"] = result["ce"]["micro"]["f1"]
     out["CE macro-F1"] = result["ce"]["macro"]["f1"]
+    auroc = result["diagnosis"]["auroc"]
+    if auroc["mean"] is not None:
+        out[f"diagnosis AUROC (mean over findings with >= {auroc['min_positives']} positives)"] = auroc["mean"]
+    drafts = result["abnormal_drafts"]
+    out["abnormal studies drafted abnormal"] = f"{drafts['abnormal_drafted_abnormal']} of {drafts['abnormal']}"
+    out["normal studies drafted abnormal"] = f"{drafts['normal_drafted_abnormal']} of {drafts['normal']}"
     out["retrieval label-match P@1"] = result["retrieval"]["precision_at_1"]
     if "grounding" in result:
         out["pointing game"] = result["grounding"]["overall"]["pointing_game"]
