@@ -1,8 +1,10 @@
-"""Supervised pretraining of the visual encoder on real radiographs, measured by a linear probe.
+"""Pretraining of the visual encoder without downloads (supervised, SimCLR, phantoms), measured by a linear probe.
 
     python -m train.pretrain_encoder --data ../shared/data/iu_xray --out runs/pretrain/sup128 --epochs 12
     python -m train.pretrain_encoder --data ../shared/data/iu_xray --out runs/pretrain/random128 --epochs 0
     python -m train.pretrain_encoder --data ../shared/data/iu_xray --out runs/pretrain/iu --encoder iu-xray-small --epochs 0
+    python -m train.pretrain_encoder --data ../shared/data/iu_xray --out runs/pretrain/simclr128 --objective simclr
+    python -m train.pretrain_encoder --data ../shared/data/iu_xray --out runs/pretrain/phantom128 --objective phantom
 
 Nothing pretrained can be downloaded here (issue 15), so the encoder learns the IU X-Ray training
 films from our labeler's labels: a linear multi-label head on its pooled vector (the vector the
@@ -10,6 +12,13 @@ diagnosis head reads), one output per observation, positive vs not, class-balanc
 augmentations that real films vary by (exposure, gamma, blur, noise, small rotations and crops;
 no horizontal flips, which swap the patient's sides). The epoch kept is the one with the best
 validation AUROC; the test split is only ever scored, never trained or selected on.
+
+Two other objectives give the same encoder other teachers. ``simclr`` learns the same training
+films without labels: two augmented copies of a study must find each other in the batch (NT-Xent,
+:mod:`train.ssl`); it selects nothing and keeps the last epoch. ``phantom`` trains as the
+supervised objective does, on SynthCXR phantoms and their labels instead of the real films (sim
+to real); the real validation split still picks the epoch. ``--init`` starts the encoder from a
+saved one, so a phantom-pretrained encoder can then be fine-tuned on the real films.
 
 Every encoder, trained or not (``--epochs 0``: a frozen random one, or a released model's), is
 then measured the same way: a fresh linear probe on its frozen pooled features, fitted on the
