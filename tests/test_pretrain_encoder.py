@@ -30,7 +30,7 @@ def test_pretraining_trains_selects_and_saves_only_visual_weights(tmp_path, caps
     result = json.loads((out / "pretrain.json").read_text())
     assert [row["epoch"] for row in result["epochs"]] == [1, 2]
     assert all(0 <= row["val_auroc"] <= 1 for row in result["epochs"])
-    assert result["joint_head"]["best_epoch"] == max(result["epochs"], key=lambda r: r["val_auroc"])["epoch"]
+    assert result["joint_head"]["kept_epoch"] == max(result["epochs"], key=lambda r: r["val_auroc"])["epoch"]
     assert 0 <= result["probe"]["test_auroc"] <= 1 and result["probe"]["weight_decay"] > 0
     assert "linear probe" in capsys.readouterr().out
 

@@ -217,7 +217,8 @@ class Optimiser:
 def pretrain(encoder: VisualEncoder, config: REVTAFConfig, films: dict[str, Films], args: argparse.Namespace,
              log: list[dict]) -> nn.Linear:
     """Encoder and linear head trained together on augmented training films; after every epoch the
-    head is scored on validation and the best epoch's weights are put back. Returns the head."""
+    head is scored on validation, and the best epoch's weights (``--keep last``: the last one's) are
+    put back. Returns the head."""
     head = nn.Linear(config.d_model, films["train"].positive.shape[1])
     steps_per_epoch = len(films["train"].images) // args.batch_size
     step = Optimiser([*encoder.parameters(), *head.parameters()], args, steps_per_epoch)
@@ -238,7 +239,7 @@ def pretrain(encoder: VisualEncoder, config: REVTAFConfig, films: dict[str, Film
                     "val_per_class": details["per_class"], "elapsed_s": round(time.time() - started, 1)})
         print(f"epoch {epoch}/{args.epochs}: loss {log[-1]['train_loss']:.3f}, val AUROC {val:.3f} "
               f"({log[-1]['elapsed_s']:.0f} s)", flush=True)
-        if val > best:
+        if args.keep == "last" or val > best:
             best = val
             best_state = {k: v.clone() for k, v in {**prefixed(encoder), **prefixed(head, "head.")}.items()}
     encoder.load_state_dict({k[len(PREFIX):]: v for k, v in best_state.items() if k.startswith(PREFIX)})
@@ -330,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--objective", choices=OBJECTIVES, default="supervised",
                         help="supervised: IU labels; simclr: IU films, no labels; phantom: SynthCXR phantoms' labels")
     parser.add_argument("--epochs", type=int, default=12, help="pretraining epochs; 0 probes the frozen encoder")
+    parser.add_argument("--keep", choices=("best", "last"), default="best",
+                        help="the labelled objectives' epoch kept: best validation AUROC of their head, or the last")
     parser.add_argument("--phantoms", type=int, default=2000, help="phantoms generated for --objective phantom")
     parser.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature for --objective simclr")
     parser.add_argument("--limit", type=int, default=None, help="train on at most this many training studies")
@@ -366,10 +369,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"rendered {args.phantoms} phantoms ({time.time() - started:.0f} s)", flush=True)
         head = pretrain(encoder, config, taught, args, log)
         save_visual(encoder, out / WEIGHTS_NAME)
-        best = max(log, key=lambda row: row["val_auroc"])
+        kept = log[-1] if args.keep == "last" else max(log, key=lambda row: row["val_auroc"])
         with torch.no_grad():
             joint = scores(head(pooled_features(encoder, films["test"].images)), films["test"], args.min_positives)
-        result["joint_head"] = {"best_epoch": best["epoch"], "val_auroc": best["val_auroc"], **joint}
+        result["joint_head"] = {"kept_epoch": kept["epoch"], "val_auroc": kept["val_auroc"], **joint}
     features = {split: pooled_features(encoder, f.images) for split, f in films.items()}
     result["probe"] = linear_probe(features, films, args.min_positives)
     result["wall_s"] = round(time.time() - started, 1)
