@@ -133,7 +133,7 @@ def test_only_training_films_or_phantoms_are_ever_trained_on(tmp_path, monkeypat
 
     monkeypatch.setattr(pretrain_encoder, "film_augment", spy)
     main(["--data", str(data), "--out", str(tmp_path / "run"), "--image-size", "64", "--views", "1", "--epochs", "2",
-          "--batch-size", "3", "--min-positives", "1", "--objective", objective, "--phantoms", "6"])
+          "--batch-size", "3", "--min-positives", "1", "--objective", objective, "--phantoms", "6", "--keep", "last"])
     assert len(seen) >= 12
     for image in seen:
         assert any(torch.equal(image, film) for film in films["train"])
@@ -141,3 +141,6 @@ def test_only_training_films_or_phantoms_are_ever_trained_on(tmp_path, monkeypat
     result = json.loads((tmp_path / "run" / "pretrain.json").read_text())
     assert [row["epoch"] for row in result["epochs"]] == [1, 2] and all(r["train_loss"] > 0 for r in result["epochs"])
     assert ("joint_head" in result) == (objective != "simclr")  # SimCLR has no label head to score
+    if objective != "simclr":
+        assert result["joint_head"]["kept_epoch"] == 2
+        assert result["joint_head"]["val_auroc"] == result["epochs"][-1]["val_auroc"]
