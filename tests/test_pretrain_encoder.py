@@ -18,7 +18,15 @@ from rrg_core.visual_encoder import VisualEncoder
 from train import pretrain_encoder
 from train.config import TrainConfig
 from train.fit import make_model
-from train.pretrain_encoder import film_augment, load_visual, main, phantom_films, read_films, save_visual
+from train.pretrain_encoder import (
+    film_augment,
+    load_visual,
+    main,
+    phantom_films,
+    pooled_features,
+    read_films,
+    save_visual,
+)
 from train.ssl import nt_xent
 
 
@@ -144,3 +152,22 @@ def test_only_training_films_or_phantoms_are_ever_trained_on(tmp_path, monkeypat
     if objective != "simclr":
         assert result["joint_head"]["kept_epoch"] == 2
         assert result["joint_head"]["val_auroc"] == result["epochs"][-1]["val_auroc"]
+
+
+def test_init_starts_the_encoder_from_saved_weights(tmp_path, monkeypatch):
+    data = write_tiny_dataset(tmp_path / "data")
+    config = REVTAFConfig.preset("small", vision={"image_size": 64, "n_views": 1})
+    torch.manual_seed(11)
+    saved = VisualEncoder(config)
+    save_visual(saved, tmp_path / "visual.safetensors")
+    probed = {}
+
+    def probe(features, films, min_positives):
+        probed.update(features)
+        return dict.fromkeys(("val_auroc", "test_auroc", "test_auroc_shipped_labels"), 0.5)
+
+    monkeypatch.setattr(pretrain_encoder, "linear_probe", probe)
+    main(["--data", str(data), "--out", str(tmp_path / "run"), "--image-size", "64", "--views", "1",
+          "--epochs", "0", "--init", str(tmp_path / "visual.safetensors")])
+    test_images = read_films(load_annotation(data)["test"], config).images
+    assert torch.allclose(probed["test"], pooled_features(saved, test_images))
