@@ -17,8 +17,9 @@ Two other objectives give the same encoder other teachers. ``simclr`` learns the
 films without labels: two augmented copies of a study must find each other in the batch (NT-Xent,
 :mod:`train.ssl`); it selects nothing and keeps the last epoch. ``phantom`` trains as the
 supervised objective does, on SynthCXR phantoms and their labels instead of the real films (sim
-to real); the real validation split still picks the epoch (``--keep last``: the last). ``--init`` starts the encoder from a
-saved one, so a phantom-pretrained encoder can then be fine-tuned on the real films.
+to real); the real validation split still picks the epoch (``--keep last``: the last one).
+``--init`` starts the encoder from a saved one, so a phantom-pretrained encoder can then be
+fine-tuned on the real films.
 
 Every encoder, trained or not (``--epochs 0``: a frozen random one, or a released model's), is
 then measured the same way: a fresh linear probe on its frozen pooled features, fitted on the
