@@ -1,8 +1,10 @@
-"""Supervised pretraining of the visual encoder on real radiographs, measured by a linear probe.
+"""Pretraining of the visual encoder without downloads (supervised, SimCLR, phantoms), measured by a linear probe.
 
     python -m train.pretrain_encoder --data ../shared/data/iu_xray --out runs/pretrain/sup128 --epochs 12
     python -m train.pretrain_encoder --data ../shared/data/iu_xray --out runs/pretrain/random128 --epochs 0
     python -m train.pretrain_encoder --data ../shared/data/iu_xray --out runs/pretrain/iu --encoder iu-xray-small --epochs 0
+    python -m train.pretrain_encoder --data ../shared/data/iu_xray --out runs/pretrain/simclr128 --objective simclr
+    python -m train.pretrain_encoder --data ../shared/data/iu_xray --out runs/pretrain/phantom128 --objective phantom
 
 Nothing pretrained can be downloaded here (issue 15), so the encoder learns the IU X-Ray training
 films from our labeler's labels: a linear multi-label head on its pooled vector (the vector the
@@ -10,6 +12,14 @@ diagnosis head reads), one output per observation, positive vs not, class-balanc
 augmentations that real films vary by (exposure, gamma, blur, noise, small rotations and crops;
 no horizontal flips, which swap the patient's sides). The epoch kept is the one with the best
 validation AUROC; the test split is only ever scored, never trained or selected on.
+
+Two other objectives give the same encoder other teachers. ``simclr`` learns the same training
+films without labels: two augmented copies of a study must find each other in the batch (NT-Xent,
+:mod:`train.ssl`); it selects nothing and keeps the last epoch. ``phantom`` trains as the
+supervised objective does, on SynthCXR phantoms and their labels instead of the real films (sim
+to real); the real validation split still picks the epoch (``--keep last``: the last one).
+``--init`` starts the encoder from a saved one, so a phantom-pretrained encoder can then be
+fine-tuned on the real films.
 
 Every encoder, trained or not (``--epochs 0``: a frozen random one, or a released model's), is
 then measured the same way: a fresh linear probe on its frozen pooled features, fitted on the
@@ -40,6 +50,7 @@ from rrg_core.evaluation import AUROC_MIN_POSITIVES, auroc, diagnosis_auroc
 from rrg_core.labeler import label_report
 from rrg_core.model import load_model
 from rrg_core.observations import OBSERVATIONS, State, labels_to_states
+from rrg_core.phantoms import PhantomConfig, make_phantom
 from rrg_core.preprocessing import prepare_study
 from rrg_core.study_dataset import augment
 from rrg_core.threads import set_threads
@@ -48,11 +59,13 @@ from rrg_core.xray_io import read_xray
 
 from .config import TrainConfig
 from .fit import lr_lambda
+from .ssl import nt_xent, projection_head
 
 PREFIX = "visual."
 WEIGHTS_NAME = "visual.safetensors"
 PROBE_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 strengths the probe is selected over on validation
 PROBE_STEPS, PROBE_EVERY = 400, 20
+OBJECTIVES = ("supervised", "simclr", "phantom")
 
 
 @dataclass
@@ -183,16 +196,33 @@ def bootstrap_interval(logits: Tensor, films: Films, observations: Sequence[str]
     return np.percentile(means, [2.5, 97.5]).round(4).tolist()
 
 
+class Optimiser:
+    """AdamW with ``train.fit``'s schedule (one epoch of linear warm-up, then cosine down to lr/20)
+    and gradient clipping at 1; calling it with a loss takes one step and returns the loss."""
+
+    def __init__(self, params: list[nn.Parameter], args: argparse.Namespace, steps_per_epoch: int) -> None:
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+        schedule = TrainConfig(lr=args.lr, min_lr=args.lr / 20, warmup_steps=steps_per_epoch, warmup_start_lr=args.lr / 100)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(schedule, args.epochs * steps_per_epoch))
+
+    def __call__(self, loss: Tensor) -> float:
+        self.optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item()
+
+
 def pretrain(encoder: VisualEncoder, config: REVTAFConfig, films: dict[str, Films], args: argparse.Namespace,
              log: list[dict]) -> nn.Linear:
     """Encoder and linear head trained together on augmented training films; after every epoch the
-    head is scored on validation and the best epoch's weights are put back. Returns the head."""
+    head is scored on validation, and the best epoch's weights (``--keep last``: the last one's) are
+    put back. Returns the head."""
     head = nn.Linear(config.d_model, films["train"].positive.shape[1])
-    params = [*encoder.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = len(films["train"].images) // args.batch_size
-    schedule = TrainConfig(lr=args.lr, min_lr=args.lr / 20, warmup_steps=steps_per_epoch, warmup_start_lr=args.lr / 100)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, args.epochs * steps_per_epoch))
+    step = Optimiser([*encoder.parameters(), *head.parameters()], args, steps_per_epoch)
     loss_fn = balanced_loss(films["train"].positive)
     generator = torch.Generator().manual_seed(args.seed)
     best, best_state, started = -1.0, None, time.time()
@@ -200,28 +230,58 @@ def pretrain(encoder: VisualEncoder, config: REVTAFConfig, films: dict[str, Film
         encoder.train()
         order = torch.randperm(len(films["train"].images), generator=generator)
         total = 0.0
-        for step in range(steps_per_epoch):
-            rows = order[step * args.batch_size : (step + 1) * args.batch_size]
+        for i in range(steps_per_epoch):
+            rows = order[i * args.batch_size : (i + 1) * args.batch_size]
             images = film_augment(films["train"].images[rows].float(), config, generator)
-            loss = loss_fn(head(encoder(images).pooled), films["train"].positive[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            total += loss.item()
+            total += step(loss_fn(head(encoder(images).pooled), films["train"].positive[rows]))
         with torch.no_grad():
             val, details = mean_auroc(head(pooled_features(encoder, films["val"].images)), films["val"], args.min_positives)
         log.append({"epoch": epoch, "train_loss": total / max(1, steps_per_epoch), "val_auroc": val,
                     "val_per_class": details["per_class"], "elapsed_s": round(time.time() - started, 1)})
         print(f"epoch {epoch}/{args.epochs}: loss {log[-1]['train_loss']:.3f}, val AUROC {val:.3f} "
               f"({log[-1]['elapsed_s']:.0f} s)", flush=True)
-        if val > best:
+        if args.keep == "last" or val > best:
             best = val
             best_state = {k: v.clone() for k, v in {**prefixed(encoder), **prefixed(head, "head.")}.items()}
     encoder.load_state_dict({k[len(PREFIX):]: v for k, v in best_state.items() if k.startswith(PREFIX)})
     head.load_state_dict({k[len("head."):]: v for k, v in best_state.items() if k.startswith("head.")})
     return head
+
+
+def contrastive_pretrain(encoder: VisualEncoder, config: REVTAFConfig, images: Tensor, args: argparse.Namespace,
+                         log: list[dict]) -> None:
+    """SimCLR on the training films (:mod:`train.ssl`): each step takes ``batch_size`` studies, augments
+    each twice (both views, as a study is read) and pulls the two pooled vectors together through a
+    projection head with NT-Xent. An epoch runs ``len(images) / (2 * batch_size)`` steps, so it costs
+    the encoder as many passes as a supervised epoch (each study is drawn in about every other
+    epoch). No labels and no validation film are seen: the last epoch's encoder is kept."""
+    head = projection_head(config.d_model)
+    steps_per_epoch = max(1, len(images) // (2 * args.batch_size))
+    step = Optimiser([*encoder.parameters(), *head.parameters()], args, steps_per_epoch)
+    generator = torch.Generator().manual_seed(args.seed)
+    started = time.time()
+    encoder.train()
+    for epoch in range(1, args.epochs + 1):
+        order = torch.randperm(len(images), generator=generator)
+        total = 0.0
+        for i in range(steps_per_epoch):
+            batch = images[order[i * args.batch_size : (i + 1) * args.batch_size]].float()
+            pair = torch.cat([film_augment(batch, config, generator), film_augment(batch, config, generator)])
+            first, second = head(encoder(pair).pooled).chunk(2)
+            total += step(nt_xent(first, second, args.temperature))
+        log.append({"epoch": epoch, "train_loss": total / steps_per_epoch, "elapsed_s": round(time.time() - started, 1)})
+        print(f"epoch {epoch}/{args.epochs}: NT-Xent {log[-1]['train_loss']:.3f} ({log[-1]['elapsed_s']:.0f} s)", flush=True)
+
+
+def phantom_films(n: int, seed: int, config: REVTAFConfig) -> Films:
+    """``n`` SynthCXR phantoms as training films: rendered at 256 px (the IU films' size) and read
+    with ``prepare_study`` at the encoder's size, as a real film is. The generator draws frontal
+    views only, so a two-view encoder gets the frontal view twice (the film augmentations then
+    differ per view). The targets are the phantom's own labels (what its report states)."""
+    phantoms = [make_phantom(seed, i, PhantomConfig(size=256)) for i in range(n)]
+    images = torch.stack([prepare_study([p.image], config) for p in phantoms])
+    states = np.array([labels_to_states(p.labels) for p in phantoms])
+    return Films(images.half(), states, states)
 
 
 def prefixed(module: nn.Module, prefix: str = PREFIX) -> dict[str, Tensor]:
@@ -268,7 +328,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoder", default="random", help="'random' or released weights (a name or folder)")
     parser.add_argument("--image-size", type=int, default=128, help="input size of a random encoder")
     parser.add_argument("--views", type=int, choices=(1, 2), default=2, help="views of a random encoder")
-    parser.add_argument("--epochs", type=int, default=12, help="supervised epochs; 0 probes the frozen encoder")
+    parser.add_argument("--init", default=None, help="a visual.safetensors to start a random encoder from")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="supervised",
+                        help="supervised: IU labels; simclr: IU films, no labels; phantom: SynthCXR phantoms' labels")
+    parser.add_argument("--epochs", type=int, default=12, help="pretraining epochs; 0 probes the frozen encoder")
+    parser.add_argument("--keep", choices=("best", "last"), default="best",
+                        help="the labelled objectives' epoch kept: best validation AUROC of their head, or the last")
+    parser.add_argument("--phantoms", type=int, default=2000, help="phantoms generated for --objective phantom")
+    parser.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature for --objective simclr")
     parser.add_argument("--limit", type=int, default=None, help="train on at most this many training studies")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -284,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     encoder, config = start_encoder(args.encoder, args.image_size, args.views)
+    if args.init:
+        load_visual(encoder, args.init)
     splits = load_annotation(args.data)
     splits["train"] = splits["train"][: args.limit]
     films = {split: read_films(studies, config) for split, studies in splits.items()}
@@ -291,13 +360,20 @@ def main(argv: list[str] | None = None) -> None:
           f"{config.vision.image_size} px, {config.vision.n_views} view(s) ({time.time() - started:.0f} s)", flush=True)
     log: list[dict] = []
     result: dict = {"args": vars(args), "vision": config.to_dict()["vision"], "d_model": config.d_model, "epochs": log}
-    if args.epochs > 0:
-        head = pretrain(encoder, config, films, args, log)
+    if args.epochs > 0 and args.objective == "simclr":
+        contrastive_pretrain(encoder, config, films["train"].images, args, log)
         save_visual(encoder, out / WEIGHTS_NAME)
-        best = max(log, key=lambda row: row["val_auroc"])
+    elif args.epochs > 0:
+        taught = films
+        if args.objective == "phantom":  # the real films stay for selection (val) and the probe
+            taught = {**films, "train": phantom_films(args.phantoms, args.seed, config)}
+            print(f"rendered {args.phantoms} phantoms ({time.time() - started:.0f} s)", flush=True)
+        head = pretrain(encoder, config, taught, args, log)
+        save_visual(encoder, out / WEIGHTS_NAME)
+        kept = log[-1] if args.keep == "last" else max(log, key=lambda row: row["val_auroc"])
         with torch.no_grad():
             joint = scores(head(pooled_features(encoder, films["test"].images)), films["test"], args.min_positives)
-        result["joint_head"] = {"best_epoch": best["epoch"], "val_auroc": best["val_auroc"], **joint}
+        result["joint_head"] = {"kept_epoch": kept["epoch"], "val_auroc": kept["val_auroc"], **joint}
     features = {split: pooled_features(encoder, f.images) for split, f in films.items()}
     result["probe"] = linear_probe(features, films, args.min_positives)
     result["wall_s"] = round(time.time() - started, 1)
