@@ -166,7 +166,10 @@ def evaluate(
         "n": len(studies),
         "nlg": nlg,
         "ce": ce,
-        "diagnosis": {"auroc": diagnosis_auroc(p_positive, query_states)},
+        # against the dataset's labels, and against our labeler on the reference text (the two
+        # disagree on IU X-Ray's Cardiomegaly: docs/labeler.md)
+        "diagnosis": {"auroc": diagnosis_auroc(p_positive, query_states),
+                      "auroc_labeler": diagnosis_auroc(p_positive, np.array([labels_to_states(r) for r in reference_labels]))},
         "retrieval": retrieval_metrics(query_states, top1_states),
         "paper": paper_row(nlg, ce),
         "table_text_agreement": table_text_agreement([r.states for r in reports], generated_labels),

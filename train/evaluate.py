@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nCE F1 micro {ce['micro']['f1']:.3f}  macro {ce['macro']['f1']:.3f}  example {ce['example']['f1']:.3f}"
           f"  head {ce['head']['f1']:.3f}  tail {ce['tail']['f1']:.3f}")
     print("\n" + diagnosis_table(result["diagnosis"]["auroc"]))
+    by_labeler = result["diagnosis"]["auroc_labeler"]
+    print(f"(against our labeler on the reference text: mean {by_labeler['mean'] or float('nan'):.3f} "
+          f"over {len(by_labeler['mean_over'])} findings)")
     r = result["retrieval"]
     a = result["abnormal_drafts"]
     print(f"abnormal drafts: {a['abnormal_drafted_abnormal']} of {a['abnormal']} abnormal studies, "
