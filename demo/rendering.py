@@ -170,7 +170,7 @@ def _describe(report: Report, amap: AttentionMap) -> tuple[int, float, str]:
     name = amap.observation
     if name is None:
         return 3, 0.0, f"Region: {amap.prompt}"
-    p = report.probabilities[name][State.POSITIVE]
+    p = report.p_positive(name)
     state = report.states[OBSERVATIONS.index(name)]
     tier = 0 if state == State.POSITIVE else 2
     return tier, p, f"{name}: {STATE_NAMES[state]}, P(positive) {p:.2f} (prompt “{amap.prompt}”)"

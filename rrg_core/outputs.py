@@ -111,6 +111,13 @@ class Report:
     def out_of_distribution(self) -> bool | None:
         return None if self.input_check is None else self.input_check.out_of_distribution
 
+    def p_positive(self, observation: str) -> float:
+        """P(positive) as a reader is shown it: calibrated where the weights have a calibration,
+        so every place that quotes it (the table, the maps' labels) gives the same number."""
+        if self.calibrated:
+            return float(self.calibrated[observation])
+        return float(self.probabilities[observation][State.POSITIVE])
+
     def findings(self) -> list[dict[str, Any]]:
         """Per-observation summary sorted by probability of being present (positive), with the
         share of the finding's frontal map on the patient's right (None without such a map): from
@@ -127,7 +134,7 @@ class Report:
                     "state": STATE_NAMES[state],
                     "set_by": "reader" if name in self.overrides else "model",
                     "decision_rule": self.decision_rules.get(name),
-                    "p_positive": float(self.calibrated[name] if self.calibrated else p[State.POSITIVE]),
+                    "p_positive": self.p_positive(name),
                     "p_positive_raw": float(p[State.POSITIVE]),
                     "p_uncertain": float(p[State.UNCERTAIN]),
                     "p_negative": float(p[State.NEGATIVE]),

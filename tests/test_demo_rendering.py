@@ -182,6 +182,16 @@ def test_heatmap_choices_put_positive_findings_first_then_global_then_other_find
     assert labels[4] == "Region: right hilum"
 
 
+def test_a_maps_label_quotes_the_p_positive_the_findings_table_shows():
+    """With a calibration the table shows calibrated P(positive); a map's label must quote the
+    same number, not the model's raw one."""
+    report = _report()
+    report.calibrated = {o: 0.5 * report.probabilities[o][State.POSITIVE] for o in OBSERVATIONS}
+    label = next(label for label, _ in rendering.heatmap_choices(report) if label.startswith("Cardiomegaly"))
+    row = next(r for r in rendering.findings_table(report) if r[0] == "Cardiomegaly")
+    assert row[3] == pytest.approx(0.45) and "P(positive) 0.45 " in label
+
+
 def test_heatmap_choices_name_the_view_when_there_are_two():
     report = _report(views=2)
     choices = rendering.heatmap_choices(report)
