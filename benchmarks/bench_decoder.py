@@ -23,9 +23,6 @@ the ratios. Also says whether each variant's texts equal transformers' (int8 cha
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,6 +30,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, EncoderDecoderCache
 
+from benchmarks.timing import interleaved
 from rrg_core.cached_bert import CachedBert
 from rrg_core.config import REVTAFConfig
 from rrg_core.datasets import load_split
@@ -48,19 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "assets" / "examples" / "cardiomegaly.png"
 IU_XRAY = ROOT.parent / "shared" / "data" / "iu_xray"
 PAPER_MEMORY_TOKENS = 98  # two fused 7 x 7 token sets of one 224-pixel view
-
-
-def interleaved(variants: dict[str, Callable[[], list[list[str]]]], repeats: int) -> tuple[dict[str, float], dict]:
-    """Median seconds per variant over ``repeats`` rounds (one call of each per round, after a
-    warm-up round), and each variant's texts."""
-    texts = {name: run() for name, run in variants.items()}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, texts
 
 
 def report(title: str, medians: dict[str, float], texts: dict | None = None) -> None:

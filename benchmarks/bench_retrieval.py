@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 import torch
 
+from benchmarks.timing import interleaved
 from rrg_core import reference_index
 from rrg_core.hub import named_weights
 from rrg_core.hyperbolic import make_ball
@@ -32,6 +33,7 @@ from rrg_core.reference_index import ReferenceIndex
 
 N_REFERENCES, K, CURVATURE, DIM = 270_790, 21, 0.01, 128
 BATCHES = (1, 16)
+REPEATS = 7  # interleaved timing rounds per batch size
 LARGE_QUERIES = 100
 EF_SEARCH = (64, 128, 256, 512)
 
@@ -66,19 +68,6 @@ def make_index(points: torch.Tensor) -> ReferenceIndex:
         study_ids=[str(i) for i in range(n)],
         curvature=CURVATURE,
     )
-
-
-def medians_ms(fns: dict[str, Callable[[], object]], repeats: int = 7) -> dict[str, float]:
-    """Median time of each function in ms, calls interleaved, after one warm-up call each."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def brute_force_top_k(index: ReferenceIndex, queries: torch.Tensor, rows: int = 1 << 16) -> torch.Tensor:
@@ -116,7 +105,7 @@ def exact_at_mimic_scale(generator: torch.Generator) -> None:
         raw = queries.numpy()
         fns = {"flat": lambda raw=raw: raw_search(raw)}
         fns |= {m: (lambda m=m, queries=queries: index.search(queries, K, metric=m)) for m in reference_index.METRICS}
-        ms = medians_ms(fns)
+        ms = {name: 1000 * seconds for name, seconds in interleaved(fns, REPEATS)[0].items()}
         same = torch.equal(index.search(queries, K)[1].sort(-1).values, brute_force_top_k(index, queries).sort(-1).values)
         print(f"| {batch} | {ms['flat']:.1f} | {ms['hyperbolic']:.1f} | {ms['cosine']:.1f} | {ms['euclidean']:.1f} "
               f"| {ms['hyperbolic'] / ms['flat']:.2f}x | {'yes' if same else 'no'} |", flush=True)
