@@ -108,9 +108,9 @@ def _check_tiling(tensors: dict[str, StoredTensor], data_start: int, size: int) 
         raise ValueError(f"the header describes {position} bytes, the file has {size}: it is truncated or padded")
 
 
-def stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Each tensor's shape from the safetensors header alone: no weight is read yet."""
-    return {name: t.shape for name, t in read_header(path).items()}
+def stored_shapes(header: dict[str, StoredTensor]) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape, from the header :func:`read_header` gave: no weight is read yet."""
+    return {name: t.shape for name, t in header.items()}
 
 
 def check_shapes(path: Path, stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
@@ -234,9 +234,10 @@ def check_weights(path: Path, config: REVTAFConfig) -> None:
     check_finite(path, stored)
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checked file, once they are known to be finite."""
-    check_finite(path, read_header(path))
+def read_tensors(path: Path, header: dict[str, StoredTensor]) -> dict[str, torch.Tensor]:
+    """All tensors of a checked file (``header`` is its :func:`read_header`), once they are known
+    to be finite."""
+    check_finite(path, header)
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle is not iterable)

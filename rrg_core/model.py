@@ -384,8 +384,9 @@ class REVTAF(
                 expected = {k: tuple(t.shape) for k, t in cls(config, tokenizer, saved=folder).state_dict().items()}
         except (RuntimeError, ValueError, TypeError, AssertionError) as err:
             raise ValueError(f"config.json describes a model that cannot be built ({err})") from err
-        checkpoint.check_shapes(path, checkpoint.stored_shapes(path), expected)
-        tensors = checkpoint.read_tensors(path)
+        header = checkpoint.read_header(path)
+        checkpoint.check_shapes(path, checkpoint.stored_shapes(header), expected)
+        tensors = checkpoint.read_tensors(path, header)
         has_index = load_index and (folder / "reference_index.json").is_file()
         index = ReferenceIndex.load(folder, texts_from=texts_from) if has_index else None
         model = cls(config, tokenizer, index, saved=folder)

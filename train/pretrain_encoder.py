@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from rrg_core.checkpoint import check_complete, check_shapes, read_tensors, stored_shapes, unique_tensors
+from rrg_core.checkpoint import check_complete, check_shapes, read_header, read_tensors, stored_shapes, unique_tensors
 from rrg_core.config import REVTAFConfig
 from rrg_core.datasets import Study, load_annotation
 from rrg_core.evaluation import AUROC_MIN_POSITIVES, auroc, diagnosis_auroc
@@ -295,18 +295,19 @@ def save_visual(encoder: VisualEncoder, path: Path) -> None:
 
 def load_visual(encoder: VisualEncoder, path: str | Path) -> None:
     """Copy ``visual.*`` weights from a safetensors file into ``encoder``, after checking every name,
-    shape and value (an encoder pretrained at another image size, view count or pyramid setting is
-    refused with the first tensor that differs)."""
+    shape and value (an encoder pretrained at another image size or view count is refused with
+    the first tensor that differs)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init_visual: no file {path}")
-    stored = stored_shapes(path)
+    header = read_header(path)
+    stored = stored_shapes(header)
     foreign = sorted(k for k in stored if not k.startswith(PREFIX))
     if foreign or not stored:
         raise ValueError(f"init_visual: {path} must hold only visual.* tensors, found {foreign[:3] or 'none'}")
     expected = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
     check_shapes(path, {k[len(PREFIX):]: v for k, v in stored.items()}, expected)
-    tensors = {k[len(PREFIX):]: v for k, v in read_tensors(path).items()}
+    tensors = {k[len(PREFIX):]: v for k, v in read_tensors(path, header).items()}
     check_complete(path, encoder, tensors)
     encoder.load_state_dict(tensors)
 
